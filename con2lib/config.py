@@ -1,0 +1,194 @@
+"""One frozen, typed configuration for a CON2 run, built from flat parameters.
+
+Notebooks and params files speak in flat literals (``epochs: 30``); :func:`Config.from_params`
+turns them into a validated :class:`Config` before any data is read or any model is built, so a
+typo in a params file fails in the first second with a message that names the parameter, the bad
+value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+CONTEXTS = ("invert", "flip", "equalize")
+LOSSES = ("con2", "context_only", "content_only", "simclr")
+STEMS = ("auto", "cifar", "stride2", "imagenet")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every parameter of a training and evaluation run (names are the notebook's parameters)."""
+
+    # data
+    dataset: str = "digits"
+    data_root: str = "../shared/data"
+    normal_class: int | str = 0
+    image_size: int = 32
+    max_train: int = 0  # cap on normal training images, 0 = all (tiny test runs)
+    max_test: int = 0  # cap on test images, 0 = all (stratified, seeded)
+    strict: bool = False  # corrupt image files: error instead of skip-with-warning
+    cache_dir: str = ""  # decoded-image cache, "" = <project>/.cache
+    folder_train: str = ""  # dataset "folder": folder of normal training images
+    folder_test: str = ""  # dataset "folder": test folder with one sub-folder per class
+    folder_normal: tuple[str, ...] = ()  # dataset "folder": normal test sub-folders
+    folder_anomalous: tuple[str, ...] = ()  # dataset "folder": anomalous test sub-folders
+
+    # method
+    context: str = "invert"
+    loss: str = "con2"
+    temperature: float = 0.2
+    alpha_start: float = 0.0
+    alpha_end: float = 1.0
+
+    # model
+    width: float = 1.0
+    stem: str = "auto"
+    proj_dim: int = 128
+
+    # content augmentation (SimCLR set)
+    crop_scale_min: float = 0.08
+    jitter_strength: float = 0.5
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+
+    # scoring
+    tta: int = 2
+    tta_identity: bool = True  # first view of each context half is the un-augmented image
+    lh_shrinkage: float = 0.1
+    eval_batch_size: int = 256
+
+    # run
+    seed: int = 0
+    device: str = "auto"
+    experiment: str = "con2"
+    run_name: str = ""
+    run_id: str = ""  # set by `con2 run`: continue this MLflow run instead of starting one
+    plot_points: int = 300  # test samples drawn in the representation-space figure
+    checkpoint_every: int = 10  # epochs between checkpoints (the last epoch is always saved)
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, _dataset_names())
+        _check_choice("context", self.context, CONTEXTS)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("stem", self.stem, STEMS)
+        _check_choice("device", self.device, DEVICES)
+        _check_positive("epochs", self.epochs)
+        _check_positive("proj_dim", self.proj_dim)
+        _check_positive("eval_batch_size", self.eval_batch_size)
+        _check_positive("checkpoint_every", self.checkpoint_every)
+        if self.batch_size < 2:
+            _fail("batch_size", self.batch_size, "an integer >= 2 (contrastive losses need negatives)")
+        if self.tta <= 0 or self.tta % 2:
+            _fail("tta", self.tta, "a positive even integer (half the views score x, half its context copy)")
+        if self.image_size < 8:
+            _fail("image_size", self.image_size, "an integer >= 8 (random resized crops need pixels)")
+        if not self.temperature > 0:
+            _fail("temperature", self.temperature, "a number > 0")
+        if not self.lr > 0:
+            _fail("lr", self.lr, "a number > 0")
+        if self.weight_decay < 0:
+            _fail("weight_decay", self.weight_decay, "a number >= 0")
+        if not 0 < self.width <= 4:
+            _fail("width", self.width, "a number in (0, 4] (channel multiplier of ResNet18)")
+        if not 0 < self.crop_scale_min <= 1:
+            _fail("crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
+        if self.jitter_strength < 0:
+            _fail("jitter_strength", self.jitter_strength, "a number >= 0")
+        for name in ("jitter_p", "grayscale_p", "alpha_start", "alpha_end"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                _fail(name, value, "a number in [0, 1]")
+        if not 0 <= self.lh_shrinkage <= 1:
+            _fail("lh_shrinkage", self.lh_shrinkage, "a number in [0, 1] (weight of the scaled identity)")
+        for name in ("max_train", "max_test", "plot_points", "seed"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "an integer >= 0")
+        if not self.experiment.strip():
+            _fail("experiment", self.experiment, "a non-empty experiment name")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> Config:
+        """Builds a validated config from flat parameters (a params file or notebook globals).
+
+        Raises:
+            ValueError: on an unknown key, a wrong type or an out-of-range value; the message names
+                the parameter, the bad value and what is allowed.
+        """
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(
+                f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(known))}"
+            )
+        hints = typing.get_type_hints(cls)
+        values = {name: _coerce(name, value, hints[name]) for name, value in params.items()}
+        return cls(**values)
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> Config:
+        """Builds a config from the config-named entries of a namespace (a notebook's ``globals()``)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls.from_params({k: v for k, v in namespace.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-literal dict (tuples as lists): safe for YAML, JSON, MLflow and ``weights_only`` loads."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def replace(self, **changes: Any) -> Config:
+        """A validated copy with some parameters changed."""
+        return type(self).from_params({**self.to_dict(), **changes})
+
+
+def _dataset_names() -> tuple[str, ...]:
+    from con2lib.data import DATASETS  # late import: the registry imports heavy loaders
+
+    return tuple(DATASETS)
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"parameter {name}={value!r} is invalid: expected {allowed}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(name, value, f"one of {', '.join(choices)}")
+
+
+def _check_positive(name: str, value: int) -> None:
+    if value <= 0:
+        _fail(name, value, "an integer > 0")
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """Checks ``value`` against a field's type; ints are accepted for floats, nothing else is cast."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    for option in options:
+        origin = typing.get_origin(option)
+        if origin is tuple:
+            items = [value] if isinstance(value, str) else value
+            if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
+                return tuple(items)
+            continue
+        if option is bool and isinstance(value, bool):
+            return value
+        if option is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is str and isinstance(value, str):
+            return value
+    expected = " or ".join("list of str" if typing.get_origin(o) is tuple else o.__name__ for o in options)
+    raise ValueError(f"parameter {name}={value!r} has type {type(value).__name__}; expected {expected}")
+

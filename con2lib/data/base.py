@@ -1,0 +1,140 @@
+"""The one-class split every data set is turned into, and helpers shared by the loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class OneClassData:
+    """Normal training images and a labelled test set, as uint8 tensors ready for the device.
+
+    Attributes:
+        train: uint8 (N, C, H, W) normal training images.
+        test: uint8 (T, C, H, W) test images.
+        test_labels: int64 (T,), 1 = anomaly, 0 = normal.
+        test_classes: int64 (T,), index into ``class_names`` of each test image's original class.
+        class_names: names of the data set's classes.
+        normal_classes: names of the classes treated as normal.
+        anomalous_classes: names of the classes treated as anomalous.
+        info: facts about the split (seed, ratios, source paths) logged with every run.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
+    test_classes: torch.Tensor
+    class_names: tuple[str, ...]
+    normal_classes: tuple[str, ...]
+    anomalous_classes: tuple[str, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.train.dtype != torch.uint8 or self.test.dtype != torch.uint8:
+            raise TypeError("OneClassData holds uint8 images")
+        if self.train.ndim != 4 or self.test.ndim != 4 or self.train.shape[1:] != self.test.shape[1:]:
+            raise ValueError(f"image shapes differ: train {tuple(self.train.shape)}, test {tuple(self.test.shape)}")
+        if len(self.train) == 0:
+            raise ValueError("no normal training images")
+        if not (len(self.test) == len(self.test_labels) == len(self.test_classes)):
+            raise ValueError("test images, labels and classes differ in length")
+
+
+def resolve_class(normal_class: int | str, class_names: Sequence[str], dataset: str) -> int:
+    """Index of the normal class given by index or by name; a clear error names the choices."""
+    if isinstance(normal_class, str):
+        if normal_class in class_names:
+            return list(class_names).index(normal_class)
+        if normal_class.isdigit():
+            normal_class = int(normal_class)
+    if isinstance(normal_class, int) and 0 <= normal_class < len(class_names):
+        return normal_class
+    choices = ", ".join(f"{i}={n}" for i, n in enumerate(class_names))
+    raise ValueError(f"parameter normal_class={normal_class!r} is not a class of {dataset}; expected one of {choices}")
+
+
+def to_nchw_uint8(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(N, H, W), (N, H, W, C) or (N, C, H, W) uint8 array -> contiguous uint8 (N, C, H, W) tensor."""
+    x = torch.as_tensor(np.asarray(images))
+    if x.dtype != torch.uint8:
+        raise TypeError(f"expected uint8 images, got {x.dtype}")
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.permute(0, 3, 1, 2)
+    if x.ndim != 4:
+        raise ValueError(f"expected a batch of images, got shape {tuple(x.shape)}")
+    if x.shape[1] == 4:  # RGBA: the alpha channel carries no content for these data sets
+        x = x[:, :3]
+    return x.contiguous()
+
+
+def resize_uint8(images: torch.Tensor, size: int, batch: int = 2048) -> torch.Tensor:
+    """Resizes uint8 (N, C, H, W) square images to ``size`` with antialiased bilinear filtering."""
+    if images.shape[-2:] == (size, size):
+        return images
+    out = []
+    for chunk in images.split(batch):
+        y = F.interpolate(chunk.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(y.round_().clamp_(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def one_class_split(
+    train_images: torch.Tensor,
+    train_classes: np.ndarray,
+    test_images: torch.Tensor,
+    test_classes: np.ndarray,
+    normal: Sequence[int],
+    class_names: Sequence[str],
+    info: dict[str, Any],
+) -> OneClassData:
+    """Keeps the normal classes' training images; labels test images of every other class anomalous."""
+    normal_idx = sorted(set(int(i) for i in normal))
+    train_mask = np.isin(train_classes, normal_idx)
+    test_classes = np.asarray(test_classes, dtype=np.int64)
+    labels = (~np.isin(test_classes, normal_idx)).astype(np.int64)
+    return OneClassData(
+        train=train_images[torch.from_numpy(train_mask)],
+        test=test_images,
+        test_labels=torch.from_numpy(labels),
+        test_classes=torch.from_numpy(test_classes),
+        class_names=tuple(class_names),
+        normal_classes=tuple(class_names[i] for i in normal_idx),
+        anomalous_classes=tuple(n for i, n in enumerate(class_names) if i not in normal_idx),
+        info=info,
+    )
+
+
+def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> OneClassData:
+    """Seeded random subset (test kept stratified by label) for tiny runs; 0 keeps everything."""
+    rng = np.random.default_rng(seed)
+    train = data.train
+    if 0 < max_train < len(train):
+        train = train[torch.from_numpy(np.sort(rng.choice(len(train), max_train, replace=False)))]
+    keep = np.arange(len(data.test))
+    if 0 < max_test < len(keep):
+        labels = data.test_labels.numpy()
+        parts = []
+        for value in (0, 1):
+            idx = np.flatnonzero(labels == value)
+            n = max(1, round(max_test * len(idx) / len(labels))) if len(idx) else 0
+            parts.append(rng.choice(idx, min(n, len(idx)), replace=False))
+        keep = np.sort(np.concatenate(parts))
+    t = torch.from_numpy(keep)
+    return OneClassData(
+        train=train,
+        test=data.test[t],
+        test_labels=data.test_labels[t],
+        test_classes=data.test_classes[t],
+        class_names=data.class_names,
+        normal_classes=data.normal_classes,
+        anomalous_classes=data.anomalous_classes,
+        info={**data.info, "max_train": max_train, "max_test": max_test},
+    )

@@ -1,0 +1,114 @@
+"""Test-time augmented features and the final anomaly scores S_NND and S_LH (eq. 16).
+
+View i of A test-time augmentations scores x itself for i < A/2 and its context copy x^c for the
+other half. Each view is one fixed transformation: its random content-augmentation parameters are
+drawn once (seeded) and applied to every image, training bank and test set alike, so that a test
+feature is compared with training features "under the same augmentation" (eq. 12). With
+``tta_identity`` the first view of each half is the un-augmented image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+from con2lib.augment import context_augment, normalize
+from con2lib.config import Config
+from con2lib.data import OneClassData
+from con2lib.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.train import content_augment_for
+
+
+@dataclass(frozen=True)
+class View:
+    """One test-time augmentation: whether it scores the context copy, and its content augmentation."""
+
+    context: bool
+    augment: bool
+    seed: int
+
+
+@dataclass
+class Evaluation:
+    """Features, scores and AUROCs of one evaluation.
+
+    Attributes:
+        train_features: float (A, n, F) training-bank features per view.
+        test_features: float (A, T, F) test features per view.
+        scores_nnd, scores_lh: (T,) S_NND and S_LH, averaged over the A views.
+        nearest: (T,) index of the nearest training image (S_NND, first view).
+        auroc_nnd, auroc_lh: AUROCs in [0, 1].
+    """
+
+    views: list[View]
+    train_features: torch.Tensor
+    test_features: torch.Tensor
+    scores_nnd: torch.Tensor
+    scores_lh: torch.Tensor
+    nearest: torch.Tensor
+    auroc_nnd: float
+    auroc_lh: float
+    scorer: GaussianScorer
+
+
+def tta_views(cfg: Config) -> list[View]:
+    """The A views of eq. 16: A/2 of x, then A/2 of its context copy."""
+    half = cfg.tta // 2
+    return [View(context=i >= half, augment=not (cfg.tta_identity and i % half == 0), seed=cfg.seed * 1000 + i)
+            for i in range(cfg.tta)]
+
+
+@torch.no_grad()
+def extract_features(encoder: torch.nn.Module, images: torch.Tensor, views: list[View], cfg: Config,
+                     device: torch.device) -> torch.Tensor:
+    """Encoder features of every image under every view.
+
+    Args:
+        encoder: g, switched to eval mode here.
+        images: uint8 (N, C, H, W), on any device (moved to ``device`` in batches).
+        views: the test-time augmentations.
+
+    Returns:
+        float32 (V, N, F) features on ``device``.
+    """
+    encoder.eval()
+    augment = content_augment_for(cfg)
+    out = []
+    for view in views:
+        feats = []
+        for chunk in images.split(cfg.eval_batch_size):
+            x = chunk.to(device, non_blocking=True).float().div_(255.0)
+            if view.context:
+                x = context_augment(x, cfg.context)
+            if view.augment:
+                # the same seed for every chunk: one transformation for the whole set
+                gen = torch.Generator(device=device).manual_seed(view.seed)
+                x = augment(x, gen, shared=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                feats.append(encoder(normalize(x)).float())
+        out.append(torch.cat(feats))
+    return torch.stack(out)
+
+
+def auroc(labels: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray) -> float:
+    """Area under the ROC curve (scikit-learn); labels 1 = anomaly, higher scores = more anomalous."""
+    return float(roc_auc_score(np.asarray(labels), np.asarray(scores, dtype=np.float64)))
+
+
+def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: torch.device) -> Evaluation:
+    """Scores the test set with S_NND and S_LH under test-time augmentation and measures the AUROC."""
+    views = tta_views(cfg)
+    train = extract_features(encoder, data.train, views, cfg, device)
+    test = extract_features(encoder, data.test, views, cfg, device)
+    s_nnd = torch.stack([nnd_score(test[v], train[v]) for v in range(len(views))]).mean(0).cpu()
+    scorer = GaussianScorer(cfg.lh_shrinkage).fit(train)
+    s_lh = scorer.score(test).mean(0).cpu()
+    labels = data.test_labels.numpy()
+    return Evaluation(
+        views=views, train_features=train, test_features=test, scores_nnd=s_nnd, scores_lh=s_lh,
+        nearest=nnd_index(test[0], train[0]).cpu(),
+        auroc_nnd=auroc(labels, s_nnd), auroc_lh=auroc(labels, s_lh), scorer=scorer,
+    )

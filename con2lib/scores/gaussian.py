@@ -1,0 +1,84 @@
+"""S_LH: Gaussian negative log-likelihood of L2-normalised features (eqs. 13-15)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GaussianScorer(nn.Module):
+    """Fits one multivariate Gaussian to normalised training features; scores by its NLL.
+
+    The fitted statistics are buffers, so they travel with ``state_dict`` and ``.to(device)``.
+    Features may carry leading batch dimensions (e.g. (V, n, D) for V test-time augmentations):
+    one Gaussian is fitted per leading index, all with batched matrix operations.
+
+    Args:
+        shrinkage: lambda in [0, 1]; the covariance used is (1 - lambda) * Sigma +
+            lambda * (trace(Sigma) / D) * I. Needed whenever n <= D (Sigma is then singular) and
+            helpful for small n; 0 gives the plain empirical covariance of eq. 14.
+    """
+
+    def __init__(self, shrinkage: float = 0.1) -> None:
+        super().__init__()
+        if not 0 <= shrinkage <= 1:
+            raise ValueError(f"shrinkage={shrinkage!r} must lie in [0, 1]")
+        self.shrinkage = shrinkage
+        self.register_buffer("mean", torch.empty(0))
+        self.register_buffer("cholesky", torch.empty(0))
+        self.register_buffer("log_det", torch.empty(0))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # fitted shapes are only known after fit: resize the empty buffers before loading
+        for name in ("mean", "cholesky", "log_det"):
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fit(self, train_features: torch.Tensor) -> GaussianScorer:
+        """Estimates mean and shrunk covariance.
+
+        Args:
+            train_features: (..., n, D) features of normal training images, n >= 2.
+
+        Returns:
+            self.
+        """
+        z = F.normalize(train_features.double(), dim=-1)
+        n, d = z.shape[-2:]
+        if n < 2:
+            raise ValueError(f"GaussianScorer needs at least 2 training features, got {n}")
+        mean = z.mean(dim=-2)
+        centred = z - mean.unsqueeze(-2)
+        cov = centred.mT @ centred / (n - 1)
+        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
+        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+        cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
+        # a floor keeps Cholesky defined for shrinkage 0 and degenerate features
+        cov = cov + 1e-9 * scale.clamp(min=1e-12) * eye
+        chol = torch.linalg.cholesky(cov)
+        self.mean = mean
+        self.cholesky = chol
+        self.log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return self
+
+    def score(self, features: torch.Tensor) -> torch.Tensor:
+        """Negative log-density; higher = more anomalous.
+
+        Args:
+            features: (..., T, D) features, leading dimensions matching those seen by ``fit``.
+
+        Returns:
+            (..., T) float32 scores.
+        """
+        if self.mean.numel() == 0:
+            raise RuntimeError("GaussianScorer.score called before fit")
+        z = F.normalize(features.to(self.mean.dtype), dim=-1) - self.mean.unsqueeze(-2)
+        # solve L y = z^T instead of inverting the covariance
+        y = torch.linalg.solve_triangular(self.cholesky, z.mT, upper=False)
+        maha = (y * y).sum(-2)
+        d = z.shape[-1]
+        return (0.5 * (maha + self.log_det.unsqueeze(-1) + d * math.log(2 * math.pi))).float()

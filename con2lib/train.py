@@ -1,0 +1,204 @@
+"""The CON2 training loop: views, losses, optimiser, schedules. Read top to bottom.
+
+Each step takes N normal images (uint8, already on the device), builds the 4N views of section 3.2
+(two content augmentations of x and two of its context copy t_c(x)), passes them through the encoder
+and both heads, and minimises L = L_context + alpha * L_content. Loss values stay on the device
+during an epoch and are read once at its end, so the step never waits for the host.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from con2lib.augment import ContentAugment, context_augment, normalize
+from con2lib.config import Config
+from con2lib.losses import con2_loss, supcon_loss
+from con2lib.models import Con2Model, resolve_stem
+from con2lib.schedules import cosine_lr, linear_alpha
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}: training stopped "
+                         "(lower lr or temperature, or check the input data)")
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass
+class EpochStats:
+    """Per-epoch means, as logged to MLflow."""
+
+    epoch: int
+    loss: float
+    loss_context: float
+    loss_content: float
+    alpha: float
+    lr: float
+    images_per_s: float
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("parameter device='cuda' is invalid: no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("parameter device='mps' is invalid: no MPS device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(cfg: Config, in_channels: int) -> Con2Model:
+    """The encoder and both heads as the config describes them."""
+    return Con2Model(in_channels, cfg.width, resolve_stem(cfg.stem, cfg.image_size), cfg.proj_dim)
+
+
+def content_augment_for(cfg: Config) -> ContentAugment:
+    """The SimCLR content augmentation with the config's strengths."""
+    return ContentAugment(size=cfg.image_size, crop_scale=(cfg.crop_scale_min, 1.0),
+                          jitter_strength=cfg.jitter_strength, jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p)
+
+
+def make_views(x: torch.Tensor, cfg: Config, augment: ContentAugment,
+               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Views of a batch and their labels.
+
+    Args:
+        x: uint8 (N, C, H, W) images on the training device.
+
+    Returns:
+        views: float (4N, C, S, S) normalised views [t(x), t'(x), t(x^c), t'(x^c)]
+            ((2N, ...) [t(x), t'(x)] for the SimCLR baseline);
+        context_labels: (4N,) 0 for views of x, 1 for views of t_c(x);
+        sample_ids: (4N,) index of the source image within the batch.
+    """
+    n = x.shape[0]
+    xf = x.float().div_(255.0)
+    ids = torch.arange(n, device=x.device)
+    if cfg.loss == "simclr":
+        views = augment(torch.cat([xf, xf]), generator)
+        return normalize(views), torch.zeros(2 * n, dtype=torch.long, device=x.device), ids.repeat(2)
+    xc = context_augment(xf, cfg.context)
+    views = augment(torch.cat([xf, xf, xc, xc]), generator)
+    contexts = torch.arange(2, device=x.device).repeat_interleave(2 * n)
+    return normalize(views), contexts, ids.repeat(4)
+
+
+def fit(
+    cfg: Config,
+    model: Con2Model,
+    train_images: torch.Tensor,
+    on_epoch: Callable[[EpochStats, Con2Model], None] | None = None,
+    progress: bool = True,
+) -> list[EpochStats]:
+    """Trains ``model`` in place on the normal images.
+
+    Args:
+        cfg: run configuration.
+        model: encoder and heads, already on the training device.
+        train_images: uint8 (N, C, H, W) normal training images on the training device.
+        on_epoch: called after every epoch with its statistics and the model (logging, checkpoints).
+        progress: show a progress bar.
+
+    Returns:
+        The statistics of every epoch.
+
+    Raises:
+        NonFiniteLossError: a loss became NaN or infinite (the epoch and step are named).
+    """
+    from tqdm.auto import tqdm
+
+    device = train_images.device
+    n = len(train_images)
+    batch = min(cfg.batch_size, n)
+    steps = steps_per_epoch(cfg, n)
+    total_steps = cfg.epochs * steps
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), weight_decay=cfg.weight_decay,
+                                  fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, 1.0))
+    augment = content_augment_for(cfg)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    use_bf16 = device.type == "cuda"
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    history: list[EpochStats] = []
+    step = 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not progress)
+    for epoch in bar:
+        model.train()
+        start = time.perf_counter()
+        order = torch.randperm(n, device=device, generator=generator)
+        sums = torch.zeros(3, device=device)
+        losses = []
+        alpha = 0.0
+        for i in range(steps):
+            alpha = linear_alpha(step, total_steps, cfg.alpha_start, cfg.alpha_end)
+            views, contexts, ids = make_views(train_images[order[i * batch:(i + 1) * batch]], cfg, augment, generator)
+            if use_bf16:
+                views = views.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                _, z_context, z_content = model(views)
+            total, l_context, l_content = _objective(cfg, z_context.float(), z_content.float(), contexts, ids, alpha)
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            sums += torch.stack([total.detach(), l_context.detach(), l_content.detach()])
+            losses.append(total.detach())
+        values = torch.stack(losses).cpu()  # the one host-device synchronisation of the epoch
+        bad = torch.nonzero(~torch.isfinite(values))
+        if len(bad):
+            first = int(bad[0])
+            raise NonFiniteLossError(epoch, (epoch - 1) * steps + first + 1, float(values[first]))
+        mean = (sums / steps).tolist()
+        seconds = time.perf_counter() - start
+        stats = EpochStats(epoch, mean[0], mean[1], mean[2], alpha, scheduler.get_last_lr()[0],
+                           steps * batch / seconds)
+        history.append(stats)
+        bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.images_per_s:.0f}")
+        if on_epoch is not None:
+            on_epoch(stats, model)
+    return history
+
+
+def _objective(cfg: Config, z_context: torch.Tensor, z_content: torch.Tensor, contexts: torch.Tensor,
+               ids: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss the config asks for, with both CON2 terms returned for logging."""
+    if cfg.loss == "simclr":
+        loss = supcon_loss(z_content, ids, cfg.temperature)
+        return loss, torch.zeros_like(loss), loss
+    total, l_context, l_content = con2_loss(z_context, z_content, contexts, ids, alpha, cfg.temperature)
+    if cfg.loss == "context_only":
+        total = l_context
+    elif cfg.loss == "content_only":
+        total = l_content
+    return total, l_context, l_content
+
+
+def steps_per_epoch(cfg: Config, n_train: int) -> int:
+    """Optimiser steps in one epoch over ``n_train`` images (the last incomplete batch is dropped)."""
+    return max(1, n_train // min(cfg.batch_size, n_train))
+
+
+__all__ = ["EpochStats", "NonFiniteLossError", "build_model", "fit", "make_views", "seed_everything",
+           "select_device", "steps_per_epoch"]

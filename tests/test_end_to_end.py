@@ -1,0 +1,63 @@
+"""The whole path a user takes: `con2 run` on a tiny config, papermill, MLflow, artifacts, checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+
+import torch
+import yaml
+from conftest import ROOT, TINY, con2_command, make_experiment
+from mlflow.tracking import MlflowClient
+
+from con2lib.checkpoint import load_checkpoint
+from con2lib.config import Config
+from con2lib.data import load_dataset
+from con2lib.evaluate import evaluate
+from con2lib.train import build_model, fit, seed_everything
+
+
+def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path) -> None:
+    make_experiment("e2e", tmp_path)
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump({**TINY, "experiment": "e2e"}))
+    proc = subprocess.run(con2_command("run", str(params), "-p", "seed", "1", "--quiet"), cwd=ROOT, env=store,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client = MlflowClient()
+    [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert 0 <= metrics["auroc_nnd"] <= 1 and 0 <= metrics["auroc_lh"] <= 1
+    for name in ("loss", "loss_context", "loss_content", "alpha", "lr", "images_per_s"):
+        assert len(client.get_metric_history(run.info.run_id, name)) == TINY["epochs"], name
+    assert run.data.params["seed"] == "1" and run.data.params["context"] == "invert"
+    assert run.data.params["data.normal_classes"] == "1"
+    assert artifact_paths(client, run.info.run_id) >= {
+        "checkpoint/checkpoint.pt", "notebook/train.ipynb", "figures/representation_space.html",
+        "figures/roc.html"}
+    local = client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path))
+    state = load_checkpoint(local)  # weights_only=True inside
+    cfg = Config.from_params(state["config"])
+    model = build_model(cfg, in_channels=1)
+    model.load_state_dict(state["model"])
+    assert "mean" in state["scorer"]
+
+
+def test_same_seed_same_auroc_on_cpu() -> None:
+    cfg = Config.from_params({**TINY, "seed": 3})
+    results = []
+    for _ in range(2):
+        seed_everything(cfg.seed)
+        data = load_dataset(cfg)
+        model = build_model(cfg, data.train.shape[1])
+        fit(cfg, model, data.train, progress=False)
+        result = evaluate(cfg, model.encoder, data, torch.device("cpu"))
+        results.append((result.auroc_nnd, result.auroc_lh))
+    assert results[0] == results[1]
