@@ -33,7 +33,8 @@ class Config:
     max_train: int = 0  # cap on normal training images, 0 = all (tiny test runs)
     max_test: int = 0  # cap on test images, 0 = all (stratified, seeded)
     strict: bool = False  # corrupt image files: error instead of skip-with-warning
-    cache_dir: str = ""  # decoded-image cache, "" = <project>/.cache
+    cache_dir: str = ""  # decoded-image cache, "" = <project>/.cache/con2
+    split_seed: int = 0  # seeded train/test splits and subsets: fixed while the training seed varies
     folder_train: str = ""  # dataset "folder": folder of normal training images
     folder_test: str = ""  # dataset "folder": test folder with one sub-folder per class
     folder_normal: tuple[str, ...] = ()  # dataset "folder": normal test sub-folders
@@ -112,7 +113,7 @@ class Config:
                 _fail(name, value, "a number in [0, 1]")
         if not 0 <= self.lh_shrinkage <= 1:
             _fail("lh_shrinkage", self.lh_shrinkage, "a number in [0, 1] (weight of the scaled identity)")
-        for name in ("max_train", "max_test", "plot_points", "seed"):
+        for name in ("max_train", "max_test", "plot_points", "seed", "split_seed"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "an integer >= 0")
         if not self.experiment.strip():

@@ -26,10 +26,10 @@ def load_digits(cfg: Config) -> OneClassData:
     names = tuple(str(i) for i in range(10))
     normal = resolve_class(cfg.normal_class, names, "digits")
     x_train, x_test, y_train, y_test = train_test_split(
-        images, bunch.target, test_size=DIGITS_TEST_FRACTION, stratify=bunch.target, random_state=cfg.seed
+        images, bunch.target, test_size=DIGITS_TEST_FRACTION, stratify=bunch.target, random_state=cfg.split_seed
     )
     info = {"source": "sklearn.datasets.load_digits", "split": "seeded stratified",
-            "split_seed": cfg.seed, "test_fraction": DIGITS_TEST_FRACTION}
+            "split_seed": cfg.split_seed, "test_fraction": DIGITS_TEST_FRACTION}
     return one_class_split(
         resize_uint8(to_nchw_uint8(x_train), cfg.image_size), y_train,
         resize_uint8(to_nchw_uint8(x_test), cfg.image_size), y_test,

@@ -1,0 +1,293 @@
+"""Image files -> preprocessed uint8 arrays: listing, decoding in parallel, mode conversion and caching.
+
+Every file-based data set goes through :func:`decode_groups`. A *group* is a list of files decoded
+and cached together (one class folder of one split), so a one-class ImageNet30 run decodes only the
+normal class's training images, and the test set's entries are shared by all 30 normal classes.
+
+Unreadable files (zero bytes, truncated, not an image, images smaller than :data:`MIN_SIDE`) are
+skipped with a :class:`SkippedImageWarning` naming them, or raise with ``strict``; files whose
+extension is not an image's are never opened (``Thumbs.db``, ``.DS_Store``, ``*.txt``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm.auto import tqdm
+
+from con2lib.data import cache
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+MIN_SIDE = 8  # smaller images carry no usable content at any image_size the models accept
+GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_SKIPPED_SHOWN = 20  # file names listed in one warning; the full list goes to info["skipped_files"]
+
+
+class SkippedImageWarning(UserWarning):
+    """An image file could not be used and was left out (``strict=False``)."""
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a decoded image becomes a ``size`` x ``size`` array.
+
+    Attributes:
+        size: side of the square output.
+        mode: ``"L"`` (1 channel) or ``"RGB"`` (3 channels); every image is converted to it.
+        resize: ``"crop"``: shorter edge to ``round(size * crop_ratio)``, then a centre crop of ``size``;
+            ``"square"``: plain resize to ``size`` x ``size`` (aspect ratio not kept).
+        crop_ratio: 256/224 reproduces the paper's "resize 256, centre-crop 224" at any size.
+    """
+
+    size: int
+    mode: str
+    resize: str = "crop"
+    crop_ratio: float = 1.0
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.mode == "L" else 3
+
+    def describe(self) -> str:
+        """Human-readable preprocessing for ``info`` (logged with every run)."""
+        if self.resize == "square":
+            how = f"resize to {self.size}x{self.size}"
+        else:
+            how = f"resize shorter edge to {round(self.size * self.crop_ratio)}, centre crop {self.size}x{self.size}"
+        return f"{how}, mode {self.mode}"
+
+    def apply(self, img: Image.Image) -> np.ndarray:
+        """Converts, resizes and crops one image; returns uint8 (C, size, size)."""
+        img = convert_mode(img, self.mode)
+        s = self.size
+        if self.resize == "square":
+            if img.size != (s, s):
+                img = img.resize((s, s), Image.Resampling.BILINEAR)
+        else:
+            short = round(s * self.crop_ratio)
+            w, h = img.size
+            scale = short / min(w, h)
+            nw, nh = max(short, round(w * scale)), max(short, round(h * scale))
+            if (nw, nh) != (w, h):
+                img = img.resize((nw, nh), Image.Resampling.BILINEAR)
+            left, top = int(round((nw - s) / 2.0)), int(round((nh - s) / 2.0))  # as torchvision's CenterCrop
+            img = img.crop((left, top, left + s, top + s))
+        arr = np.asarray(img, dtype=np.uint8)
+        return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+
+
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """Converts any PIL mode to ``"L"`` or ``"RGB"``, scaling 16/32-bit and float images to 8 bits.
+
+    PIL's own ``convert("L")`` clips 16-bit values at 255 (a white image), hence the explicit scaling:
+    values that fit 8 bits stay, 16-bit ranges are divided by 257, larger ones are scaled by their maximum.
+    Alpha channels are dropped (as torchvision's loader does); palette images go through RGBA so
+    their transparency does not trigger PIL warnings.
+    """
+    if img.mode in _HIGH_DEPTH:
+        a = np.asarray(img).astype(np.float64)
+        top = float(a.max()) if a.size else 0.0
+        scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / top
+        img = Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8))
+    elif img.mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    if img.mode != mode:
+        if mode == "L" and img.mode not in GRAY_MODES | {"RGB", "RGBA"}:
+            img = img.convert("RGB")  # e.g. CMYK, YCbCr: through RGB, which every mode converts to
+        img = img.convert(mode)
+    return img
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively), sorted.
+
+    Hidden files and folders (macOS ``._x.jpg`` resource forks, ``.DS_Store``), ``__MACOSX`` folders and
+    files without an image extension are left out silently: they are archive debris, not data.
+    """
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
+        out.extend(
+            Path(dirpath) / f
+            for f in filenames
+            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
+        )
+    return sorted(out)
+
+
+def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:
+    """``"L"`` if an evenly spaced sample of the files (headers only) is all grayscale, else ``"RGB"``."""
+    step = max(1, len(files) // sample)
+    for path in list(files)[::step][:sample]:
+        try:
+            with Image.open(path) as img:
+                if img.mode not in GRAY_MODES:
+                    return "RGB"
+        except Exception:  # noqa: BLE001 - unreadable files are reported when they are decoded
+            continue
+    return "L"
+
+
+def decode_file(path: Path, prep: Preprocess) -> np.ndarray:
+    """Decodes and preprocesses one file; raises on any unreadable or too small image."""
+    with Image.open(path) as img:
+        w, h = img.size
+        if min(w, h) < MIN_SIDE:
+            raise ValueError(f"image too small ({w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} needed)")
+        # JPEG: let libjpeg decode at a reduced scale that still covers the output (much faster for
+        # large photos); target "L" from a colour JPEG skips decoding the chroma channels.
+        need = round(prep.size * prep.crop_ratio) if prep.resize == "crop" else prep.size
+        img.draft("L" if prep.mode == "L" and img.mode == "RGB" else None, (need, need))
+        img.load()
+        with contextlib.suppress(Exception):  # a broken EXIF block does not make the pixels unusable
+            ImageOps.exif_transpose(img, in_place=True)  # the image as a viewer shows it
+        return prep.apply(img)
+
+
+def preprocess_arrays(images: np.ndarray, prep: Preprocess, desc: str) -> np.ndarray:
+    """Preprocesses in-memory uint8 (N, H, W) or (N, H, W, C) images (MedMNIST) -> (N, C, size, size)."""
+    out = np.empty((len(images), prep.channels, prep.size, prep.size), dtype=np.uint8)
+
+    def one(i: int) -> None:
+        out[i] = prep.apply(Image.fromarray(np.ascontiguousarray(images[i])))
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        for _ in tqdm(pool.map(one, range(len(images))), total=len(images), desc=desc, unit="img"):
+            pass
+    return out
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One group's result: the usable images and which of the group's files they came from.
+
+    Attributes:
+        images: uint8 (K, C, size, size), one row per usable file, in file order.
+        kept: bool (len(files),), True where the file was usable.
+        skipped: ``"<path>: <reason>"`` per unusable file.
+    """
+
+    images: np.ndarray
+    kept: np.ndarray
+    skipped: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """What decoding a data set's files depends on, besides the files themselves.
+
+    Attributes:
+        dataset: data set name (cache entry names, messages).
+        root: the data root; cache keys use paths relative to it, so a moved data folder stays cached.
+        prep: preprocessing.
+        cache_dir: cache folder.
+        strict: raise instead of skipping unreadable files.
+    """
+
+    dataset: str
+    root: Path
+    prep: Preprocess
+    cache_dir: Path
+    strict: bool = False
+
+
+def decode_groups(groups: Sequence[Sequence[Path]], names: Sequence[str], src: ImageSource) -> list[Decoded]:
+    """Decodes groups of files, from the cache where possible, with one thread pool and progress bar.
+
+    Args:
+        groups: lists of files, each decoded and cached as one entry.
+        names: a stable name per group (e.g. ``"train/NORMAL"``), so a changed group replaces its old entry.
+        src: dataset, root, preprocessing, cache folder and strictness.
+
+    Raises:
+        ValueError: with ``src.strict``, naming every unreadable file.
+    """
+    tag = f"{src.prep.size}{src.prep.mode}"
+    entries = [
+        cache.entry_path(src.cache_dir, src.dataset, tag, {"root": str(src.root), "group": name},
+                         {"files": cache.file_fingerprints(files, src.root), "prep": asdict(src.prep)})
+        for files, name in zip(groups, names, strict=True)
+    ]
+    results: list[Decoded | None] = [_from_cache(cache.load(e), len(g)) for e, g in zip(entries, groups, strict=True)]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if todo:
+        fresh = _decode_many([groups[i] for i in todo], src)
+        for i, decoded in zip(todo, fresh, strict=True):
+            results[i] = decoded
+            cache.save(entries[i], {"images": decoded.images, "kept": decoded.kept,
+                                    "skipped": np.asarray(decoded.skipped, dtype=str)})
+    done = [r for r in results if r is not None]
+    _report([s for r in done for s in r.skipped], src)
+    return done
+
+
+def _from_cache(arrays: dict[str, np.ndarray] | None, n_files: int) -> Decoded | None:
+    if arrays is None or not {"images", "kept", "skipped"} <= arrays.keys():
+        return None
+    kept = arrays["kept"].astype(bool)
+    if len(kept) != n_files or int(kept.sum()) != len(arrays["images"]):
+        return None  # inconsistent entry (should not happen with atomic writes): rebuild it
+    return Decoded(arrays["images"], kept, tuple(str(s) for s in arrays["skipped"]))
+
+
+def _decode_many(groups: Sequence[Sequence[Path]], src: ImageSource) -> list[Decoded]:
+    prep = src.prep
+    # Each worker writes into its own preallocated row: no per-image lists that double peak memory.
+    outs = [np.empty((len(g), prep.channels, prep.size, prep.size), dtype=np.uint8) for g in groups]
+    errors: list[dict[int, str]] = [{} for _ in groups]
+    jobs = [(gi, fi) for gi, g in enumerate(groups) for fi in range(len(g))]
+
+    def one(job: tuple[int, int]) -> None:
+        gi, fi = job
+        path = groups[gi][fi]
+        try:
+            outs[gi][fi] = decode_file(path, prep)
+        except MemoryError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any decoder failure means "unreadable file"
+            errors[gi][fi] = f"{path}: {type(err).__name__}: {err}"
+
+    with ThreadPoolExecutor(_workers()) as pool:
+        for _ in tqdm(pool.map(one, jobs), total=len(jobs), desc=f"decoding {src.dataset}", unit="img"):
+            pass
+    decoded = []
+    for out, errs, g in zip(outs, errors, groups, strict=True):
+        kept = np.ones(len(g), dtype=bool)
+        kept[list(errs)] = False
+        images = out if kept.all() else out[kept]
+        decoded.append(Decoded(images, kept, tuple(errs[i] for i in sorted(errs))))
+    return decoded
+
+
+def _report(skipped: list[str], src: ImageSource) -> None:
+    if not skipped:
+        return
+    shown = "\n  ".join(skipped[:_SKIPPED_SHOWN])
+    more = f"\n  ... and {len(skipped) - _SKIPPED_SHOWN} more" if len(skipped) > _SKIPPED_SHOWN else ""
+    if src.strict:
+        raise ValueError(
+            f"data set {src.dataset!r}: {len(skipped)} unreadable image file(s) (strict=True; set strict=False "
+            f"to skip them with a warning):\n  {shown}{more}"
+        )
+    warnings.warn(
+        f"data set {src.dataset!r}: skipped {len(skipped)} unreadable image file(s) (listed in the run's "
+        f"info['skipped_files']; strict=True makes this an error):\n  {shown}{more}",
+        SkippedImageWarning,
+        stacklevel=3,
+    )
+
+
+def _workers() -> int:
+    # PIL releases the GIL while decoding and resizing, so threads scale with the cores.
+    return max(1, min(32, os.cpu_count() or 1))
