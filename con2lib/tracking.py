@@ -3,13 +3,21 @@
 The store is ``MLFLOW_TRACKING_URI`` when the user sets it, else SQLite at ``<project>/mlruns/mlflow.db``
 with artifacts under ``<project>/mlruns/artifacts`` (absolute paths, so a notebook kernel started in
 ``notebooks/`` and a shell in the project root write to the same store).
+
+Failures are recorded where a user looks first: a failed run ends FAILED (KILLED when interrupted)
+with the tag ``con2.failure``, its traceback as ``error/traceback.txt`` and its last checkpoint as
+``checkpoint/checkpoint.pt``; a run whose process was killed is marked FAILED by the next start.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
+import sys
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +27,12 @@ from mlflow.tracking import MlflowClient
 from con2lib.config import Config
 from con2lib.paths import project_root
 
-TAG_PID, TAG_HOST = "con2.pid", "con2.host"
+TAG_PID, TAG_HOST, TAG_FAILURE = "con2.pid", "con2.host", "con2.failure"
+MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
+# Errors whose message says everything (bad parameter, missing data, non-finite loss, interruption):
+# the notebook shows them as one line; the full traceback still goes to error/traceback.txt.
+BRIEF_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FloatingPointError,
+                                                  KeyboardInterrupt)
 
 
 def local_store_uri() -> str:
@@ -37,27 +50,36 @@ def artifact_root() -> Path:
     return project_root() / "mlruns" / "artifacts"
 
 
+def runs_root() -> Path:
+    """Local working folder of all runs: ``$CON2_RUNS_DIR`` or ``<project>/runs``."""
+    return Path(os.environ.get("CON2_RUNS_DIR") or project_root() / "runs")
+
+
+def run_dir(run_id: str) -> Path:
+    """Local working folder of a run (checkpoints, executed notebook)."""
+    return runs_root() / run_id
+
+
 def setup(experiment: str) -> str:
     """Points MLflow at the store, creates the experiment if needed, and returns its id.
 
     Raises:
-        ValueError: the store cannot be written (unwritable folder, full disk), said at start rather
-            than after hours of training.
+        ValueError: the store or the runs folder cannot be written (unwritable folder, full disk),
+            said at start rather than after hours of training.
     """
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        store = Path(uri.removeprefix("sqlite:///"))
-        _check_writable(store.parent)
-        _check_writable(artifact_root())
+    for folder, what in _local_folders(uri):
+        _check_writable(folder, what)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient()
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
     location = None
-    if uri == local_store_uri():
-        # the default would be ./mlruns relative to whatever the working directory is
-        location = (artifact_root() / _slug(experiment)).as_uri()
+    if uri.startswith("sqlite:///"):
+        # next to the database (for the project's store: mlruns/artifacts); MLflow's default would be
+        # ./mlruns relative to whatever the working directory is
+        location = (_sqlite_artifacts(uri) / _slug(experiment)).as_uri()
     try:
         return client.create_experiment(experiment, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created concurrently by another worker
@@ -65,9 +87,12 @@ def setup(experiment: str) -> str:
 
 
 def start_run(cfg: Config) -> mlflow.ActiveRun:
-    """Starts (or, with ``cfg.run_id``, resumes) the run and logs the whole config as params."""
+    """Starts (or, with ``cfg.run_id``, resumes) the run and logs the whole config as params.
+
+    Runs of this host left RUNNING by a process that no longer exists are marked FAILED first.
+    """
     experiment_id = setup(cfg.experiment)
-    mark_dead_runs_failed(experiment_id)
+    mark_dead_runs_failed()
     if mlflow.active_run() is not None:
         mlflow.end_run("KILLED")
     if cfg.run_id:
@@ -79,20 +104,96 @@ def start_run(cfg: Config) -> mlflow.ActiveRun:
     return run
 
 
-def mark_dead_runs_failed(experiment_id: str) -> list[str]:
-    """Ends as FAILED the RUNNING runs of this host whose process no longer exists; returns their ids."""
+def mark_dead_runs_failed(experiment_ids: str | Sequence[str] | None = None) -> list[str]:
+    """Ends as FAILED the RUNNING runs of this host whose process no longer exists.
+
+    What the dead run left locally (``runs/<run id>/checkpoint.pt`` and the executed notebook) is
+    logged to it, so a killed run keeps its last checkpoint.
+
+    Args:
+        experiment_ids: one id or several; ``None`` looks in every experiment of the store.
+
+    Returns:
+        The ids of the runs marked FAILED.
+    """
     client = MlflowClient()
+    if experiment_ids is None:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    ids = [experiment_ids] if isinstance(experiment_ids, str) else list(experiment_ids)
+    if not ids:
+        return []
     host = socket.gethostname()
     ended = []
-    for run in client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000):
+    for run in client.search_runs(ids, filter_string="attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         if tags.get(TAG_HOST) != host or not tags.get(TAG_PID, "").isdigit():
             continue
         if not _alive(int(tags[TAG_PID])):
-            client.set_tag(run.info.run_id, "con2.failure", "process died while the run was RUNNING")
-            client.set_terminated(run.info.run_id, "FAILED")
-            ended.append(run.info.run_id)
+            run_id = run.info.run_id
+            record_failure(run_id, f"process {tags[TAG_PID]} on {host} died while the run was RUNNING "
+                                   "(killed or crashed); marked FAILED by the next start",
+                           notebook=run_dir(run_id) / "train.ipynb")
+            client.set_terminated(run_id, "FAILED")
+            ended.append(run_id)
     return ended
+
+
+def record_failure(run_id: str, summary: str, traceback_text: str | None = None,
+                   notebook: Path | None = None) -> None:
+    """Logs why a run failed and what it leaves: tag, traceback, last checkpoint, executed notebook.
+
+    Never raises: the failure being recorded matters more than a failure to record it (a full disk
+    or a broken store is reported on stderr instead).
+    """
+    client = MlflowClient()
+    steps: list[tuple[str, Any]] = [("tag", lambda: client.set_tag(run_id, TAG_FAILURE, summary[:5000]))]
+    if traceback_text:
+        steps.append(("traceback", lambda: client.log_text(run_id, traceback_text, "error/traceback.txt")))
+    checkpoint = run_dir(run_id) / "checkpoint.pt"
+    if checkpoint.is_file():
+        steps.append(("checkpoint", lambda: client.log_artifact(run_id, str(checkpoint), "checkpoint")))
+    if notebook is not None and notebook.is_file():
+        steps.append(("notebook", lambda: client.log_artifact(run_id, str(notebook), "notebook")))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as err:  # noqa: BLE001
+            print(f"con2: could not log the {what} of failed run {run_id}: {err}", file=sys.stderr)
+
+
+def describe(error: BaseException) -> str:
+    """``Name: message`` of an exception (just ``Name`` when it has no message, e.g. Ctrl-C)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def fail_run_on_error(shell: Any) -> None:
+    """Makes any exception in a notebook cell end the active run as FAILED, traceback logged.
+
+    Ctrl-C (KeyboardInterrupt) ends it KILLED. The last checkpoint of the run, if any, is logged so
+    nothing trained is lost. Errors in :data:`BRIEF_ERRORS` are shown as one line (the message names
+    the problem; the full traceback is in ``error/traceback.txt`` and in ``%tb``), others in full.
+    The cell still errors, so papermill stops with a non-zero exit.
+    """
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
+        run = mlflow.active_run()
+        if run is not None:
+            text = "".join(traceback.format_exception(etype, value, tb))
+            record_failure(run.info.run_id, describe(value), text)
+            try:
+                mlflow.end_run("KILLED" if issubclass(etype, KeyboardInterrupt) else "FAILED")
+            except Exception as err:  # noqa: BLE001 - the original error is the one to show
+                print(f"con2: could not end run {run.info.run_id}: {err}", file=sys.stderr)
+        if not issubclass(etype, BRIEF_ERRORS):
+            shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+            return
+        # %tb reads these: the full traceback stays one command away
+        sys.last_type, sys.last_value, sys.last_traceback, sys.last_exc = etype, value, tb, value
+        where = ([f"(full traceback: artifact error/traceback.txt of MLflow run {run.info.run_id})"]
+                 if run is not None else [])
+        shell._showtraceback(etype, value, [describe(value), *where])
+
+    shell.set_custom_exc((Exception, KeyboardInterrupt), handler)
 
 
 def log_epoch(stats: Any) -> None:
@@ -106,40 +207,6 @@ def log_dict_params(prefix: str, values: dict[str, Any]) -> None:
     mlflow.log_params({f"{prefix}.{k}": _param(v)[:6000] for k, v in values.items()})
 
 
-def _param(value: Any) -> str:
-    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
-
-
-def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _check_writable(folder: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-    except OSError as err:
-        raise ValueError(f"the tracking store folder {folder} is not writable ({err.strerror}); "
-                         "free disk space, fix permissions, or set MLFLOW_TRACKING_URI") from err
-
-
-def run_dir(run_id: str) -> Path:
-    """Local working folder of a run (checkpoints, executed notebook): ``$CON2_RUNS_DIR`` or ``<project>/runs``."""
-    return Path(os.environ.get("CON2_RUNS_DIR") or project_root() / "runs") / run_id
-
-
 def log_figure(fig: Any, name: str) -> None:
     """Logs a plotly figure as a self-contained interactive HTML artifact (viewable offline)."""
     import tempfile
@@ -148,29 +215,6 @@ def log_figure(fig: Any, name: str) -> None:
         path = Path(tmp) / f"{name}.html"
         fig.write_html(path, include_plotlyjs=True, full_html=True)
         mlflow.log_artifact(str(path), artifact_path="figures")
-
-
-def fail_run_on_error(shell: Any) -> None:
-    """Makes any exception in a notebook cell end the active run as FAILED, traceback logged.
-
-    The traceback is still shown (and papermill still stops with a non-zero exit); the last
-    checkpoint of the run, if any, is logged so nothing trained is lost.
-    """
-    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> Any:
-        import traceback
-
-        run = mlflow.active_run()
-        if run is not None:
-            text = "".join(traceback.format_exception(etype, value, tb))
-            mlflow.log_text(text, "error/traceback.txt")
-            mlflow.set_tag("con2.failure", f"{etype.__name__}: {value}"[:5000])
-            ckpt = run_dir(run.info.run_id) / "checkpoint.pt"
-            if ckpt.is_file():
-                mlflow.log_artifact(str(ckpt), artifact_path="checkpoint")
-            mlflow.end_run("FAILED")
-        return shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
-
-    shell.set_custom_exc((Exception,), handler)
 
 
 class EpochLogger:
@@ -190,3 +234,56 @@ class EpochLogger:
         log_epoch(stats)
         if stats.epoch % self.cfg.checkpoint_every == 0 or stats.epoch == self.cfg.epochs:
             save_checkpoint(self.path, model_state(model, self.cfg.to_dict(), epoch=stats.epoch))
+
+
+def _param(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed process nobody has reaped yet (a zombie) still answers signal 0
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _local_folders(uri: str) -> list[tuple[Path, str]]:
+    """The local folders a run writes to: the store (when local) and the runs folder (checkpoints)."""
+    folders = [(runs_root(), "runs folder (checkpoints)")]
+    if uri.startswith("sqlite:///"):
+        folders.append((Path(uri.removeprefix("sqlite:///")).parent, "tracking store folder"))
+        folders.append((_sqlite_artifacts(uri), "tracking store folder"))
+    elif uri.startswith("file://") or os.path.isabs(uri):  # MLflow's plain file store
+        folders.append((Path(uri.removeprefix("file://")), "tracking store folder"))
+    return folders
+
+
+def _sqlite_artifacts(uri: str) -> Path:
+    """Artifacts of a SQLite store: ``artifacts/`` next to the database file."""
+    return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+
+
+def _check_writable(folder: Path, what: str = "tracking store folder") -> None:
+    """Raises ValueError unless ``folder`` can be created, written, and has MIN_FREE_BYTES free."""
+    hint = "free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise ValueError(f"the {what} {folder} is not writable ({err.strerror or err}); {hint}") from err
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"the {what} {folder} has only {free / 2**20:.0f} MB free, below the "
+                         f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {hint}")

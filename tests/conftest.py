@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -36,3 +37,43 @@ def make_experiment(name: str, tmp_path: Path) -> str:
 def con2_command(*args: str) -> list[str]:
     """``con2 ...`` through the interpreter running the tests."""
     return [sys.executable, "-m", "con2lib.cli", *args]
+
+
+def artifact_paths(client, run_id: str, path: str = "") -> set[str]:
+    """Every artifact file of a run, as paths relative to its artifact root."""
+    out = set()
+    for item in client.list_artifacts(run_id, path):
+        out |= artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return out
+
+
+def notebook_with_cell(tmp_path: Path, source: str, after: str) -> Path:
+    """A copy of the training notebook with a code cell inserted after the first cell containing ``after``.
+
+    A test injects a failure this way (``con2 run --notebook <copy>``) without changing library code.
+    """
+    import nbformat
+
+    nb = nbformat.read(ROOT / "notebooks" / "train.ipynb", as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and after in c.source)
+    nb.cells.insert(index + 1, nbformat.v4.new_code_cell(source))
+    path = tmp_path / "injected.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def _migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty MLflow SQLite store with its schema created (MLflow's migrations take seconds)."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def fast_store(store: dict[str, str], tmp_path: Path, _migrated_db: Path) -> dict[str, str]:
+    """``store``, its SQLite file copied from a migrated template: no schema migration per test."""
+    shutil.copyfile(_migrated_db, tmp_path / "mlflow.db")
+    return store
