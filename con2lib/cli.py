@@ -1,6 +1,7 @@
-"""``con2``: run the training notebook from a params file, open the MLflow UI.
+"""``con2``: run the training notebook from a params file, sweep a grid of runs, open the MLflow UI.
 
     con2 run params/quickstart.yaml -p epochs 5 -p seed 1
+    con2 sweep params/sweeps/quickstart.yaml --workers 2
     con2 ui
 """
 
@@ -8,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from con2lib.config import Config
 from con2lib.paths import project_root, resolve
+from con2lib.serving import add_commands as add_serving_commands
+from con2lib.sweep import add_commands as add_sweep_commands
 
 
 def load_params(path: str | os.PathLike[str], overrides: list[tuple[str, str]] | None = None) -> dict[str, Any]:
@@ -65,121 +65,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         0 when the run finished; 2 when it did not start (bad parameter, unwritable store: one line
         on stderr, no MLflow run created); 1 when it failed; 130 when it was interrupted.
     """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from con2lib import tracking
+    from con2lib.runner import RunNotStarted, execute_run
 
     try:
         params = load_params(args.params, args.p)
-        cfg = Config.from_params(params)
-        _check_device(cfg.device)
-        experiment_id = tracking.setup(cfg.experiment)
-    except (ValueError, MlflowException) as err:
+    except ValueError as err:
         print(f"con2 run: {err}", file=sys.stderr)
         return 2
-    for dead in tracking.mark_dead_runs_failed():
-        print(f"con2 run: run {dead} was left RUNNING by a process that died; marked FAILED", file=sys.stderr)
-    client = MlflowClient()
-    run = client.create_run(experiment_id, run_name=cfg.run_name or None,
-                            tags={tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: _host(),
-                                  "con2.params_file": str(args.params)})
-    run_id = run.info.run_id
-    out = Path(args.output) if args.output else tracking.run_dir(run_id) / "train.ipynb"
-    error: BaseException | None = None
-    restore = _interrupt_on_termination()
-    try:  # from here on the run exists: whatever happens, it must not stay RUNNING
-        import papermill
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}")
-        papermill.execute_notebook(
-            str(resolve(args.notebook)), str(out), parameters={**params, "run_id": run_id},
-            cwd=str(project_root()), progress_bar=False, log_output=not args.quiet, kernel_name=args.kernel,
-        )
-    except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt too
-        error = err
-    finally:
-        restore()
-    return _finish(client, run_id, out, error)
-
-
-def _finish(client: Any, run_id: str, out: Path, error: BaseException | None) -> int:
-    """Ends the run (unless the notebook did), logs the executed notebook, reports; returns the exit code."""
-    import mlflow
-
-    from con2lib import tracking
-
-    status = client.get_run(run_id).info.status
-    if error is None:
-        _log_notebook(client, run_id, out)
-        if status == "RUNNING":
-            client.set_terminated(run_id, "FINISHED")
-        print(f"con2 run: finished; open it with `make ui` ({mlflow.get_tracking_uri()})")
-        return 0
-    interrupted = isinstance(error, KeyboardInterrupt)
-    ending = "KILLED" if interrupted else "FAILED"
-    summary = _summary(error)
-    if status == "RUNNING":  # the kernel could not record it: interrupted, killed, or never started
-        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-        tracking.record_failure(run_id, summary, text)
-        client.set_terminated(run_id, ending)
-    else:  # the notebook ended it (FAILED, or KILLED when the kernel itself was interrupted)
-        ending = status
-    _log_notebook(client, run_id, out)
     try:
-        logged = ", ".join(sorted(f"{a.path}/" for a in client.list_artifacts(run_id) if a.is_dir)) or "none"
-    except Exception:  # noqa: BLE001 - only a hint
-        logged = "unknown"
-    print(f"con2 run: {ending}: {summary}\n"
-          f"  MLflow run {run_id}: tag {tracking.TAG_FAILURE}, artifacts {logged}\n"
-          f"  executed notebook (up to the failing cell): {out}", file=sys.stderr)
-    return 130 if interrupted else 1
-
-
-def _log_notebook(client: Any, run_id: str, out: Path) -> None:
-    if not out.is_file():
-        return
-    try:
-        client.log_artifact(run_id, str(out), artifact_path="notebook")
-    except Exception as err:  # noqa: BLE001 - a full disk must not hide how the run ended
-        print(f"con2 run: could not log the executed notebook {out}: {err}", file=sys.stderr)
-
-
-def _check_device(name: str) -> None:
-    """Fails now, not inside the kernel, when an explicit device does not exist here."""
-    if name in ("cuda", "mps"):
-        from con2lib.train import select_device
-
-        select_device(name)
-
-
-def _interrupt_on_termination() -> Any:
-    """Turns SIGTERM and SIGHUP into KeyboardInterrupt, so a terminated run ends KILLED; returns the undo."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt(f"terminated by signal {signal.Signals(signum).name}")
-
-    names = [name for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
-    try:
-        previous = {name: signal.signal(getattr(signal, name), interrupt) for name in names}
-    except ValueError:  # not the main thread: signals cannot be handled here
-        return lambda: None
-    return lambda: [signal.signal(getattr(signal, name), handler) for name, handler in previous.items()]
-
-
-def _summary(error: BaseException) -> str:
-    from con2lib.tracking import describe
-
-    ename, evalue = getattr(error, "ename", None), getattr(error, "evalue", None)
-    if ename:
-        return f"{ename}: {evalue}" if evalue else ename
-    return describe(error)
-
-
-def _host() -> str:
-    import socket
-
-    return socket.gethostname()
+        _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
+                                tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
+    except RunNotStarted as err:  # a bad parameter or an unwritable store: nothing was created
+        print(f"con2 run: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the run was ended KILLED and reported
+        return 130
+    return 0 if status == "FINISHED" else 1
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -211,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(func=cmd_ui)
+    add_serving_commands(sub)
+    add_sweep_commands(sub)
     return parser
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-CONTEXTS = ("invert", "flip", "equalize")
+CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute", "auto")  # auto: con2lib.contexts
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 STEMS = ("auto", "cifar", "stride2", "imagenet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -43,7 +43,7 @@ class Config:
     # method
     context: str = "invert"
     loss: str = "con2"
-    temperature: float = 0.2
+    temperature: float = 0.5
     alpha_start: float = 0.0
     alpha_end: float = 1.0
 
@@ -63,12 +63,15 @@ class Config:
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-3
+    compile: bool = False  # torch.compile the model for training (CUDA: faster after a warm-up)
 
     # scoring
     tta: int = 2
     tta_identity: bool = True  # first view of each context half is the un-augmented image
     lh_shrinkage: float = 0.1
     eval_batch_size: int = 256
+    calibration_fraction: float = 0.1  # normal training images held out to calibrate the threshold, 0 = none
+    target_fpr: float = 0.05  # false-positive rate on held-out normal images that sets the threshold
 
     # run
     seed: int = 0
@@ -113,6 +116,10 @@ class Config:
                 _fail(name, value, "a number in [0, 1]")
         if not 0 <= self.lh_shrinkage <= 1:
             _fail("lh_shrinkage", self.lh_shrinkage, "a number in [0, 1] (weight of the scaled identity)")
+        if not 0 <= self.calibration_fraction < 0.5:
+            _fail("calibration_fraction", self.calibration_fraction, "a number in [0, 0.5) (0 disables calibration)")
+        if not 0 < self.target_fpr < 1:
+            _fail("target_fpr", self.target_fpr, "a number in (0, 1)")
         for name in ("max_train", "max_test", "plot_points", "seed", "split_seed"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "an integer >= 0")

@@ -77,3 +77,25 @@ def fast_store(store: dict[str, str], tmp_path: Path, _migrated_db: Path) -> dic
     """``store``, its SQLite file copied from a migrated template: no schema migration per test."""
     shutil.copyfile(_migrated_db, tmp_path / "mlflow.db")
     return store
+
+
+@pytest.fixture(scope="module")
+def module_store(tmp_path_factory: pytest.TempPathFactory, _migrated_db: Path) -> dict[str, str]:
+    """``fast_store`` shared by a whole test module (tests that reuse one trained run); the folder is
+    ``Path(env["CON2_RUNS_DIR"]).parent``."""
+    import mlflow
+
+    folder = tmp_path_factory.mktemp("module-store")
+    shutil.copyfile(_migrated_db, folder / "mlflow.db")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": uri, "CON2_RUNS_DIR": str(folder / "runs")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        mlflow.set_tracking_uri(uri)
+        yield {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+
+
+# Tiny runs train on all max_train=32 images (2 steps per epoch, which tests/test_failures.py counts on):
+# no held-out calibration images (the threshold then falls back to leave-one-out S_NND; con2lib/calibration.py).
+TINY["calibration_fraction"] = 0.0

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 import torch
 import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment
@@ -26,7 +28,7 @@ def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str
 def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path) -> None:
     make_experiment("e2e", tmp_path)
     params = tmp_path / "tiny.yaml"
-    params.write_text(yaml.safe_dump({**TINY, "experiment": "e2e"}))
+    params.write_text(yaml.safe_dump({**TINY, "experiment": "e2e", "context": "auto"}))
     proc = subprocess.run(con2_command("run", str(params), "-p", "seed", "1", "--quiet"), cwd=ROOT, env=store,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,13 +37,17 @@ def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
     assert 0 <= metrics["auroc_nnd"] <= 1 and 0 <= metrics["auroc_lh"] <= 1
+    for name in ("auroc_nnd_notta", "auroc_lh_notta", "auroc_ssd"):
+        assert 0 <= metrics[name] <= 1, name
+    assert -1 <= metrics["silhouette_context"] <= 1
     for name in ("loss", "loss_context", "loss_content", "alpha", "lr", "images_per_s"):
         assert len(client.get_metric_history(run.info.run_id, name)) == TINY["epochs"], name
-    assert run.data.params["seed"] == "1" and run.data.params["context"] == "invert"
+    assert run.data.params["seed"] == "1" and run.data.params["context"] == "auto"
+    assert run.data.params["context_resolved"] in ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute")
     assert run.data.params["data.normal_classes"] == "1"
     assert artifact_paths(client, run.info.run_id) >= {
         "checkpoint/checkpoint.pt", "notebook/train.ipynb", "figures/representation_space.html",
-        "figures/roc.html"}
+        "figures/roc.html", "contexts/ranking.csv"}
     local = client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path))
     state = load_checkpoint(local)  # weights_only=True inside
     cfg = Config.from_params(state["config"])
@@ -61,3 +67,17 @@ def test_same_seed_same_auroc_on_cpu() -> None:
         result = evaluate(cfg, model.encoder, data, torch.device("cpu"))
         results.append((result.auroc_nnd, result.auroc_lh))
     assert results[0] == results[1]
+
+
+@pytest.mark.parametrize("loss", ["con2", "context_only", "content_only", "simclr"])
+def test_every_loss_variant_trains_one_epoch(loss: str) -> None:
+    cfg = Config.from_params({**TINY, "loss": loss, "epochs": 1})
+    seed_everything(0)
+    data = load_dataset(cfg)
+    model = build_model(cfg, data.train.shape[1])
+    before = [p.detach().clone() for p in model.encoder.parameters()]
+    [stats] = fit(cfg, model, data.train, progress=False)
+    assert torch.isfinite(torch.tensor(stats.loss))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.encoder.parameters()))
+    if loss == "simclr":
+        assert stats.loss_context == 0.0

@@ -2,7 +2,8 @@
 
 A context augmentation must be *distinct* (eq. 9: no transformed image looks like a normal one) and
 *aligned* (eq. 10: distances between images survive the transform). Every function here is batched,
-keeps device and dtype, and has no random parameters.
+keeps device and dtype, and has no random parameters. :mod:`con2lib.contexts` checks both assumptions
+for each candidate on a user's normal images before any training.
 """
 
 from __future__ import annotations
@@ -31,19 +32,52 @@ def equalize(x: torch.Tensor) -> torch.Tensor:
     return TF.equalize(u8).to(x.dtype).div_(255.0)
 
 
-CONTEXT_AUGMENTATIONS = {"invert": invert, "flip": flip, "equalize": equalize}
+def rot90(x: torch.Tensor) -> torch.Tensor:
+    """Rotation by 90 degrees counter-clockwise on the (H, W) axes, as torchvision's ``rotate(x, 90)``.
+
+    Only square images keep their shape; every data set of this project is resized to a square.
+    """
+    return torch.rot90(x, 1, dims=(-2, -1))
+
+
+def rot180(x: torch.Tensor) -> torch.Tensor:
+    """Rotation by 180 degrees (a vertical and a horizontal flip)."""
+    return torch.rot90(x, 2, dims=(-2, -1))
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip: mirrors the width axis (left and right swapped)."""
+    return x.flip(-1)
+
+
+def permute(x: torch.Tensor) -> torch.Tensor:
+    """Channel permutation RGB -> BRG on (B, C, H, W) colour images; the identity on 1-channel images.
+
+    On grayscale data this is no context at all: :func:`con2lib.contexts.check` rejects it there.
+    """
+    return x.roll(1, dims=-3)  # channel 0 <- last channel: (R, G, B) -> (B, R, G)
+
+
+CONTEXT_AUGMENTATIONS = {"invert": invert, "flip": flip, "equalize": equalize, "rot90": rot90, "rot180": rot180,
+                         "hflip": hflip, "permute": permute}
 
 
 def context_augment(x: torch.Tensor, name: str) -> torch.Tensor:
     """Applies the named context augmentation.
 
     Args:
-        x: float (B, C, H, W) images in [0, 1], on any device.
-        name: one of ``invert``, ``flip``, ``equalize``.
+        x: float (B, C, H, W) images in [0, 1], on any device (square for ``rot90``).
+        name: one of ``invert``, ``flip``, ``equalize``, ``rot90``, ``rot180``, ``hflip``, ``permute``.
 
     Returns:
         float (B, C, H, W) tensor on the same device with the same dtype.
+
+    Raises:
+        ValueError: an unknown name, or ``auto`` (a choice to resolve before training, not a transform).
     """
+    if name == "auto":
+        raise ValueError("context 'auto' is not a transform: resolve it first with "
+                         "con2lib.contexts.resolve_context(cfg, train_images)")
     try:
         fn = CONTEXT_AUGMENTATIONS[name]
     except KeyError:

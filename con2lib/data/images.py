@@ -12,12 +12,14 @@ extension is not an image's are never opened (``Thumbs.db``, ``.DS_Store``, ``*.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -46,7 +48,9 @@ class Preprocess:
         size: side of the square output.
         mode: ``"L"`` (1 channel) or ``"RGB"`` (3 channels); every image is converted to it.
         resize: ``"crop"``: shorter edge to ``round(size * crop_ratio)``, then a centre crop of ``size``;
-            ``"square"``: plain resize to ``size`` x ``size`` (aspect ratio not kept).
+            ``"square"``: plain resize to ``size`` x ``size`` (aspect ratio not kept); ``"array"``: as
+            ``"square"``, but resampled as the in-memory data sets are (:func:`con2lib.data.base.resize_uint8`:
+            torch's antialiased bilinear), so a new image matches digits / MNIST / CIFAR training images.
         crop_ratio: 256/224 reproduces the paper's "resize 256, centre-crop 224" at any size.
     """
 
@@ -61,7 +65,9 @@ class Preprocess:
 
     def describe(self) -> str:
         """Human-readable preprocessing for ``info`` (logged with every run)."""
-        if self.resize == "square":
+        if self.resize == "array":
+            how = f"resize to {self.size}x{self.size} (antialiased bilinear, torch)"
+        elif self.resize == "square":
             how = f"resize to {self.size}x{self.size}"
         else:
             how = f"resize shorter edge to {round(self.size * self.crop_ratio)}, centre crop {self.size}x{self.size}"
@@ -71,6 +77,14 @@ class Preprocess:
         """Converts, resizes and crops one image; returns uint8 (C, size, size)."""
         img = convert_mode(img, self.mode)
         s = self.size
+        if self.resize == "array":
+            import torch
+
+            from con2lib.data.base import resize_uint8  # late: plain decoding needs no torch
+
+            arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on PIL's read-only view
+            chw = np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+            return resize_uint8(torch.from_numpy(chw)[None], s)[0].numpy()
         if self.resize == "square":
             if img.size != (s, s):
                 img = img.resize((s, s), Image.Resampling.BILINEAR)
@@ -139,8 +153,8 @@ def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:
     return "L"
 
 
-def decode_file(path: Path, prep: Preprocess) -> np.ndarray:
-    """Decodes and preprocesses one file; raises on any unreadable or too small image."""
+def decode_file(path: Path | IO[bytes], prep: Preprocess) -> np.ndarray:
+    """Decodes and preprocesses one file (path or open binary file); raises on any unreadable or too small image."""
     with Image.open(path) as img:
         w, h = img.size
         if min(w, h) < MIN_SIDE:
@@ -153,6 +167,47 @@ def decode_file(path: Path, prep: Preprocess) -> np.ndarray:
         with contextlib.suppress(Exception):  # a broken EXIF block does not make the pixels unusable
             ImageOps.exif_transpose(img, in_place=True)  # the image as a viewer shows it
         return prep.apply(img)
+
+
+def prepare_image(image: str | os.PathLike[str] | bytes | np.ndarray, prep: Preprocess) -> np.ndarray:
+    """One new image, prepared exactly as the training images of a data set with ``prep`` were.
+
+    Args:
+        image: a file path, encoded file bytes (PNG, JPEG, ...), or pixels (H, W), (H, W, C) or (C, H, W),
+            C in 1, 3, 4: uint8, float in [0, 1], or wider integers (scaled as :func:`convert_mode`).
+            An array already (``prep.channels``, size, size) is what a data set holds: returned as it is.
+
+    Returns:
+        uint8 (C, size, size).
+
+    Raises:
+        ValueError, OSError: undecodable bytes or file, an unusable array shape, a file under MIN_SIDE pixels.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_file(io.BytesIO(bytes(image)), prep)
+    if isinstance(image, (str, os.PathLike)):
+        return decode_file(Path(image), prep)
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "biuf":
+            raise ValueError(f"expected numeric image pixels, got dtype {arr.dtype}")
+        x = np.nan_to_num(arr.astype(np.float64))
+        top = float(x.max()) if x.size else 0.0
+        if arr.dtype.kind in "bf" and top <= 1:
+            scale = 255.0  # [0, 1], as torchvision's ToTensor makes images
+        else:  # as convert_mode scales 16/32-bit images
+            scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / top
+        arr = np.clip(np.round(x * scale), 0, 255).astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        arr = arr.transpose(1, 2, 0)  # (C, H, W) -> PIL's (H, W, C)
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
+        raise ValueError(f"expected an image array (H, W), (H, W, C) or (C, H, W), got shape {np.shape(image)}")
+    chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    if chw.shape == (prep.channels, prep.size, prep.size):
+        return np.ascontiguousarray(chw)
+    return prep.apply(Image.fromarray(np.ascontiguousarray(arr)))
 
 
 def preprocess_arrays(images: np.ndarray, prep: Preprocess, desc: str) -> np.ndarray:

@@ -1,4 +1,11 @@
-"""S_LH: Gaussian negative log-likelihood of L2-normalised features (eqs. 13-15)."""
+"""S_LH: Gaussian negative log-likelihood of L2-normalised features (eqs. 13-15).
+
+Fit and score are batched matrix operations over row chunks (memory bounded for any number of
+training features n and queries T): two passes accumulate the mean and the centred Gram matrix
+(products in the features' precision, at least float32; sums, covariance, Cholesky factor and
+scores in float64), the Cholesky factor replaces the inverse, and scoring is one triangular solve
+per chunk.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,15 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# rows per chunk in fit and score: a (16384, D) temporary, 32 MB (float32) at D = 512
+_ROWS = 16384
+
+
+def _unit(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor of L2-normalised rows in ``dtype`` (the caller may modify it in place)."""
+    z = x.to(dtype, copy=True)
+    return z.div_(torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(1e-12))
 
 
 class GaussianScorer(nn.Module):
@@ -47,13 +63,24 @@ class GaussianScorer(nn.Module):
         Returns:
             self.
         """
-        z = F.normalize(train_features.double(), dim=-1)
-        n, d = z.shape[-2:]
+        n, d = train_features.shape[-2:]
         if n < 2:
             raise ValueError(f"GaussianScorer needs at least 2 training features, got {n}")
-        mean = z.mean(dim=-2)
-        centred = z - mean.unsqueeze(-2)
-        cov = centred.mT @ centred / (n - 1)
+        # two passes over row chunks (memory bounded for any n): the mean, then the Gram matrix of the
+        # centred rows. The products run in the features' precision (float32 for encoder features:
+        # twice float64's speed; centring first leaves only rounding, far below the sampling error of
+        # a covariance) and are summed across chunks in float64.
+        work = torch.promote_types(train_features.dtype, torch.float32)
+        total = torch.zeros(*train_features.shape[:-2], 1, d, dtype=torch.float64, device=train_features.device)
+        for chunk in train_features.split(_ROWS, dim=-2):
+            total += _unit(chunk, work).sum(dim=-2, keepdim=True).double()  # (a float64 sum is 10x slower on CPU)
+        mean = total / n
+        gram = torch.zeros(*total.shape[:-2], d, d, dtype=torch.float64, device=total.device)
+        for chunk in train_features.split(_ROWS, dim=-2):
+            z = _unit(chunk, work).sub_(mean.to(work))
+            gram += (z.mT @ z).double()
+        mean = mean.squeeze(-2)
+        cov = gram / (n - 1)
         eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
         scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
         cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
@@ -76,9 +103,12 @@ class GaussianScorer(nn.Module):
         """
         if self.mean.numel() == 0:
             raise RuntimeError("GaussianScorer.score called before fit")
-        z = F.normalize(features.to(self.mean.dtype), dim=-1) - self.mean.unsqueeze(-2)
-        # solve L y = z^T instead of inverting the covariance
-        y = torch.linalg.solve_triangular(self.cholesky, z.mT, upper=False)
-        maha = (y * y).sum(-2)
-        d = z.shape[-1]
-        return (0.5 * (maha + self.log_det.unsqueeze(-1) + d * math.log(2 * math.pi))).float()
+        d = features.shape[-1]
+        out = []
+        for chunk in features.split(_ROWS, dim=-2):  # bounded memory for any T
+            z = F.normalize(chunk.to(self.mean.dtype), dim=-1) - self.mean.unsqueeze(-2)
+            # solve L y = z^T instead of inverting the covariance
+            y = torch.linalg.solve_triangular(self.cholesky, z.mT, upper=False)
+            maha = (y * y).sum(-2)
+            out.append((0.5 * (maha + self.log_det.unsqueeze(-1) + d * math.log(2 * math.pi))).float())
+        return torch.cat(out, dim=-1) if out else features.new_zeros(features.shape[:-1], dtype=torch.float32)

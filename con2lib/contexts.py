@@ -1,0 +1,316 @@
+"""Which context augmentation for these normal images? The paper's two assumptions, checked before training.
+
+CON2 needs a context augmentation t_c that is *distinct* (Assumption 1, eq. 9: a transformed normal
+image does not look like a normal one) and *aligned* (Assumption 2, eq. 10: distances between normal
+images survive the transform). The paper picks t_c by eye (Figures 5 and 8); :func:`check` measures
+both assumptions on normal images only, in seconds on the CPU, and ranks the candidates.
+
+What it can and cannot tell (docs/contexts.md has the measured validation):
+
+* Distinctiveness is measured by a *linear* probe on fixed, hand-made features. A high AUROC is
+  strong evidence that t_c(x) is off the normal distribution; a low one only says that this probe
+  cannot tell them apart (a trained ResNet may). A candidate that is exactly the identity (``permute``
+  on grayscale) or that leaves every image unchanged is rejected outright.
+* Alignment is measured in a fixed, untrained feature space. It cannot predict what the *trained*
+  encoder will do; it flags transforms that scramble the similarity structure of the images as a
+  generic convolutional feature extractor sees it (photometric transforms that destroy or amplify
+  information, e.g. equalising dark, noisy images), and it is close to 1 for transforms that only
+  move or recolour pixels. In raw pixel space every geometric transform, ``invert`` and ``permute``
+  are exact isometries (rho = 1), so the pixel score is reported but not used for the ranking.
+* Measured on digits (10 classes x 5 candidates x 2 seeds, docs/contexts.md): the ranking does NOT
+  predict which context trains best. The check's pick was the best-trained context in 3/10 and 0/10
+  classes (chance: 2/10); it ranks ``rot90`` near the top although ``rot90`` trained worst on average.
+  Only its rejection of ``equalize`` agreed with the outcome. Use the table to reject candidates that
+  violate an assumption (identity, not distinct, not aligned), not to choose among those that pass;
+  ``context: auto`` is not better than the default ``invert`` there.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from con2lib.augment.context import CONTEXT_AUGMENTATIONS, context_augment
+
+if TYPE_CHECKING:
+    from con2lib.config import Config
+
+CANDIDATES = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute")
+COLUMNS = ("candidate", "rank", "score", "distinct", "distinct_auroc", "aligned", "aligned_pixel", "reason")
+PROBE_SIZE = 16  # side of the downsampled images the distinctiveness probe sees
+HIST_BINS = 32
+FOLDS = 5
+NOT_DISTINCT = 0.2  # distinct score below which a candidate is labelled "not distinct" (AUROC within 0.4..0.6)
+EMBED_SIZE = 32  # side of the images the alignment measures see (random features and pixels)
+
+__all__ = ["CANDIDATES", "COLUMNS", "check", "recommend", "resolve_context"]
+
+
+def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_images: int = 500,
+          seed: int = 0) -> pd.DataFrame:
+    """Scores each candidate context augmentation against Assumptions 1 and 2 on normal images only.
+
+    Distinctiveness (eq. 9): a logistic-regression probe tells originals x from copies t_c(x) on fixed
+    features (the image downsampled to 16x16 per channel, a 32-bin intensity histogram per channel,
+    row and column profiles of the mean and of the gradient magnitude). Five-fold cross-validation is
+    grouped by image, so an image and its copy are never split across train and test folds; the mean
+    held-out AUROC is ``distinct_auroc`` and ``distinct = 2 * |AUROC - 0.5|`` (0 = indistinguishable,
+    1 = perfectly separable).
+
+    Alignment (eq. 10): Spearman rank correlation between d(x, x') and d(t_c(x), t_c(x')) (Euclidean)
+    over all pairs of the images, resized to 32x32. ``aligned`` uses the features of a fixed, seeded, untrained 3-layer convolutional
+    network with global average pooling (each set z-scored with its own statistics, so that an overall
+    shift or rescaling of the features, as ``invert`` causes, is not counted as misalignment).
+    ``aligned_pixel`` is the same correlation on the pixels: 1 for flips, rotations, ``invert`` and
+    ``permute`` (isometries of pixel space, and the resizing commutes with them), so it only
+    discriminates photometric transforms such as ``equalize``; the ranking uses the feature-space
+    score because it is the one that can differ between geometric candidates. What that difference
+    means is limited: for an invertible t_c, distances under f(t_c(.)) are those of another random
+    network (filters flipped, rotated or negated), so for geometric candidates ``aligned`` mostly says
+    how much the images' similarity structure depends on orientation-specific local patterns.
+
+    Ranking: ``score = distinct * max(aligned, 0)``; rank 1 is the best, ties keep the candidates' order.
+    Both factors must be high: a perfectly aligned identity is useless, and so is a distinct transform
+    that scrambles the images. The ``reason`` labels use fixed thresholds (distinct AUROC >= 0.8, weakly
+    distinct >= 0.6; aligned rho >= 0.8, partly aligned >= 0.5) for reading only; the rank does not.
+
+    Limits: the probe is linear on hand-made features and the feature space is untrained, so both
+    scores describe the raw images, not what CON2's encoder will learn; and the check never sees an
+    anomaly, while whether a context helps depends on what anomalies look like in it. On the digits
+    validation (docs/contexts.md) the score did not predict the trained AUROC (Spearman 0.44 and 0.31
+    over candidates for two seeds, about 0.2 among the candidates that pass; the top pick was the
+    best context in 3/10 and 0/10 classes, chance 2/10): treat a low score as a warning that an
+    assumption is violated, and the order among passing candidates as uninformative.
+
+    Args:
+        images: uint8 (N, C, H, W) normal images (``OneClassData.train``), C = 1 or 3, square.
+        candidates: names of context augmentations (see ``con2lib.augment.context``).
+        max_images: at most this many images, a seeded random subset (0 = all).
+        seed: subset and random feature network.
+
+    Returns:
+        One row per candidate, sorted by rank, with the columns of :data:`COLUMNS`: candidate, rank
+        (1 = best), score, distinct (in [0, 1]), distinct_auroc, aligned (Spearman rho, features),
+        aligned_pixel (Spearman rho, pixels), reason. A candidate that leaves every image unchanged
+        (``permute`` on grayscale) is rejected without fitting: AUROC 0.5, rho 1, score 0.
+
+    Raises:
+        ValueError: an unknown candidate, no candidates, or fewer than 4 images.
+    """
+    names = list(dict.fromkeys(candidates))
+    unknown = [n for n in names if n not in CONTEXT_AUGMENTATIONS]
+    if unknown or not names:
+        raise ValueError(f"unknown context candidate(s) {unknown or '(none given)'}; "
+                         f"expected some of {', '.join(CONTEXT_AUGMENTATIONS)}")
+    x = _subset(images, max_images, seed)
+    if len(x) < 4:
+        raise ValueError(f"the context check needs at least 4 normal images, got {len(x)}")
+    probe_x = _probe_features(x)
+    net = _random_net(x.shape[1], seed)
+    small = _resize(x, EMBED_SIZE)
+    d_pixel = _pair_distances(small.flatten(1))
+    d_feat = _pair_distances(_standardise(_embed(net, small)))
+
+    rows = []
+    for name in names:
+        row = {"candidate": name, "distinct": 0.0, "distinct_auroc": np.nan, "aligned": np.nan,
+               "aligned_pixel": np.nan}
+        xc = context_augment(x, name)
+        identity = name == "permute" and x.shape[1] == 1
+        if identity or torch.equal(xc, x):
+            # exact values, nothing to estimate: copies equal originals, distances are kept
+            row.update(distinct_auroc=0.5, aligned=1.0, aligned_pixel=1.0)
+            row["reason"] = ("not distinct: identity on grayscale" if identity
+                             else "not distinct: t_c(x) = x on every image")
+        else:
+            auroc = _separability(probe_x, _probe_features(xc))
+            row["distinct_auroc"] = auroc
+            row["distinct"] = min(1.0, 2 * abs(auroc - 0.5))
+            small_c = _resize(xc, EMBED_SIZE)
+            row["aligned_pixel"] = _spearman(d_pixel, _pair_distances(small_c.flatten(1)))
+            row["aligned"] = _spearman(d_feat, _pair_distances(_standardise(_embed(net, small_c))))
+            row["reason"] = _reason(auroc, row["distinct"], row["aligned"])
+        row["score"] = row["distinct"] * max(0.0, np.nan_to_num(row["aligned"]))
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    order = np.argsort(-table["score"].to_numpy(), kind="stable")
+    table = table.iloc[order].reset_index(drop=True)
+    table["rank"] = np.arange(1, len(table) + 1)
+    return table[list(COLUMNS)]
+
+
+def recommend(table: pd.DataFrame) -> str:
+    """The top-ranked candidate of a :func:`check` table.
+
+    Not a prediction of the best-training context (see :func:`check`, Limits): it is the candidate
+    that satisfies both assumptions most clearly by this check's measures.
+
+    Warns when even the best candidate is not distinct (every candidate violates Assumption 1): the
+    answer is then no better than a default.
+
+    Raises:
+        ValueError: an empty table.
+    """
+    if table.empty:
+        raise ValueError("no candidates in the context ranking: nothing to recommend")
+    best = table.sort_values("rank", kind="stable").iloc[0]
+    if not best["distinct"] >= NOT_DISTINCT:
+        warnings.warn(f"no context candidate is distinct on these images; {best['candidate']!r} is only the least "
+                      f"bad ({best['reason']})", stacklevel=2)
+    return str(best["candidate"])
+
+
+def resolve_context(cfg: Config, train_images: torch.Tensor) -> tuple[str, pd.DataFrame]:
+    """The context to train with: ``cfg.context``, or for ``auto`` the top of :func:`check`.
+
+    ``auto`` avoids candidates that violate an assumption on these images (e.g. ``permute`` on
+    grayscale, ``flip`` on images without a canonical orientation); among those that pass, its choice
+    did not beat a fixed ``invert`` on the digits validation (docs/contexts.md).
+
+    Args:
+        cfg: the run's configuration.
+        train_images: uint8 (N, C, H, W) normal training images, as the run will train on them.
+
+    Returns:
+        (context name, ranking table); the table is empty (columns only) unless ``cfg.context`` is
+        ``auto``. The caller logs the table (``contexts/ranking.csv``) and the name
+        (param ``context_resolved``).
+    """
+    if cfg.context != "auto":
+        return cfg.context, pd.DataFrame(columns=list(COLUMNS))
+    table = check(train_images, CANDIDATES, max_images=500, seed=cfg.seed)
+    return recommend(table), table
+
+
+def _subset(images: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float (n, C, H, W) in [0, 1], a seeded subset of at most max_images."""
+    if images.ndim != 4:
+        raise ValueError(f"expected (N, C, H, W) images, got shape {tuple(images.shape)}")
+    images = images.cpu()
+    if 0 < max_images < len(images):
+        keep = np.sort(np.random.default_rng(seed).choice(len(images), max_images, replace=False))
+        images = images[torch.from_numpy(keep)]
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return x.contiguous()
+
+
+def _probe_features(x: torch.Tensor) -> np.ndarray:
+    """Fixed features of (N, C, H, W) images for the distinctiveness probe -> (N, D) float64."""
+    n, c = x.shape[:2]
+    small = _resize(x, PROBE_SIZE)
+    gray = small.mean(1)
+    # gradient magnitude: orientation cues a mean profile misses (edges above vs below)
+    gy, gx = gray.diff(dim=1).abs(), gray.diff(dim=2).abs()
+    bins = (x.clamp(0, 1) * (HIST_BINS - 1e-3)).long().flatten(2)  # (N, C, H*W)
+    hist = torch.zeros(n, c, HIST_BINS).scatter_add_(2, bins, torch.ones_like(bins, dtype=torch.float32))
+    hist /= bins.shape[-1]
+    parts = [small.flatten(1), hist.flatten(1), gray.mean(2), gray.mean(1), gy.mean(2), gx.mean(1)]
+    return torch.cat(parts, dim=1).double().numpy()
+
+
+def _separability(features_x: np.ndarray, features_xc: np.ndarray) -> float:
+    """Mean held-out AUROC of originals (0) vs copies (1), grouped so an image and its copy share a fold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from threadpoolctl import threadpool_limits
+
+    n = len(features_x)
+    data = np.concatenate([features_x, features_xc])
+    labels = np.repeat([0, 1], n)
+    groups = np.tile(np.arange(n), 2)
+    aurocs = []
+    # one BLAS thread: these small problems are 10-25x slower when BLAS threads fight over busy cores
+    with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # lbfgs "not converged" on separable folds: the AUROC is already 1
+        for train, test in GroupKFold(n_splits=min(FOLDS, n)).split(data, labels, groups):
+            probe = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=300))
+            probe.fit(data[train], labels[train])
+            aurocs.append(roc_auc_score(labels[test], probe.decision_function(data[test])))
+    return float(np.mean(aurocs))
+
+
+def _random_net(channels: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    """Seeded He-initialised 3x3 conv layers (weights, bias, stride): a fixed, untrained feature space."""
+    g = torch.Generator().manual_seed(seed)
+    layers, c_in = [], channels
+    for c_out, stride in ((16, 1), (32, 2), (64, 2)):
+        w = torch.randn(c_out, c_in, 3, 3, generator=g) * (2.0 / (c_in * 9)) ** 0.5
+        b = 0.1 * torch.randn(c_out, generator=g)
+        layers.append((w, b, stride))
+        c_in = c_out
+    return layers
+
+
+@torch.no_grad()
+def _embed(net: list[tuple[torch.Tensor, torch.Tensor, int]], x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """(N, C, 32, 32) in [0, 1] -> (N, 112) global-average-pooled activations of every layer.
+
+    The caller resizes to EMBED_SIZE, so tiny digits still pass three layers and large images stay
+    cheap (pooled statistics need no more resolution); inputs are scaled to [-1, 1] as for training.
+    """
+    out = []
+    for chunk in x.split(batch):
+        h = chunk * 2.0 - 1.0
+        pooled = []
+        for w, b, stride in net:
+            h = F.relu(F.conv2d(h, w, b, stride=stride, padding=1))
+            pooled.append(h.mean((2, 3)))
+        out.append(torch.cat(pooled, 1))
+    return torch.cat(out)
+
+
+def _resize(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, size, size), antialiased bilinear.
+
+    The filter is symmetric and linear with weights summing to 1, so resizing commutes with flips,
+    90-degree rotations (square images), ``invert`` and ``permute``: pixel distances of the resized
+    images keep those transforms' isometry.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+def _standardise(z: torch.Tensor) -> torch.Tensor:
+    """Per-feature z-score with the set's own statistics (dead units stay 0)."""
+    return (z - z.mean(0)) / z.std(0).clamp_min(1e-8)
+
+
+def _pair_distances(z: torch.Tensor) -> np.ndarray:
+    """Euclidean distances of all pairs i < j of the rows of (N, D) ``z`` -> (N (N - 1) / 2,) float64.
+
+    float64 keeps the distances of isometric transforms equal up to ~1e-12, so ties do not reorder.
+    """
+    i, j = torch.triu_indices(len(z), len(z), 1)
+    return torch.cdist(z.double(), z.double())[i, j].numpy()
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.ptp(a) == 0 or np.ptp(b) == 0:  # constant distances: no order to keep
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def _reason(auroc: float, distinct: float, aligned: float) -> str:
+    """One line a user can read: which assumption holds, with the measured value."""
+    if distinct < NOT_DISTINCT:
+        return f"not distinct: originals and copies are indistinguishable (AUROC {auroc:.2f})"
+    d = f"distinct (AUROC {auroc:.2f})" if distinct >= 0.6 else f"weakly distinct (AUROC {auroc:.2f})"
+    if np.isnan(aligned):
+        return f"{d}; alignment not measurable (constant distances)"
+    if aligned >= 0.8:
+        return f"{d} and aligned (rho {aligned:.2f})"
+    if aligned >= 0.5:
+        return f"{d}, partly aligned (rho {aligned:.2f})"
+    return f"{d} but not aligned: distances between images change (rho {aligned:.2f})"

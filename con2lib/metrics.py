@@ -1,0 +1,43 @@
+"""Per-run diagnostics beyond the two main AUROCs: no-TTA scores, the SSD baseline, context clusters.
+
+These feed the comparisons of ``notebooks/compare.ipynb`` (paper Figures 3, 4 and 11): the effect of
+test-time augmentation, SSD (k-means + Mahalanobis) on the same features, and how well the encoder
+separates the two contexts (silhouette score, appendix E.4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from con2lib.analysis import silhouette_context
+from con2lib.baselines import SSDScorer
+from con2lib.config import Config
+from con2lib.evaluate import Evaluation, auroc
+from con2lib.scores import GaussianScorer, nnd_score
+
+
+def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_clusters: int = 1) -> dict[str, float]:
+    """Metrics logged with every run, in addition to ``auroc_nnd`` and ``auroc_lh``.
+
+    Args:
+        cfg: the run's configuration (shrinkage, seed, TTA count).
+        result: the evaluation holding (A, n, F) training and (A, T, F) test features.
+        labels: (T,) test labels, 1 = anomaly.
+        ssd_clusters: k-means clusters of the SSD baseline (1 in the one-class setting).
+
+    Returns:
+        ``auroc_nnd_notta`` / ``auroc_lh_notta`` (first view only: the un-augmented image with
+        ``tta_identity``), ``auroc_ssd`` (SSD on the same views, averaged like eq. 16) and
+        ``silhouette_context`` (test features of x against those of t_c(x)).
+    """
+    train, test = result.train_features, result.test_features
+    half = cfg.tta // 2
+    nnd0 = nnd_score(test[0], train[0]).cpu()
+    lh0 = GaussianScorer(cfg.lh_shrinkage).fit(train[0]).score(test[0]).cpu()
+    ssd = SSDScorer(cfg.lh_shrinkage).fit(train, n_clusters=ssd_clusters, seed=cfg.seed).score(test).mean(0).cpu()
+    return {
+        "auroc_nnd_notta": auroc(labels, nnd0),
+        "auroc_lh_notta": auroc(labels, lh0),
+        "auroc_ssd": auroc(labels, ssd),
+        "silhouette_context": silhouette_context(test[0], test[half], seed=cfg.seed),
+    }

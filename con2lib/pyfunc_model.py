@@ -1,0 +1,281 @@
+"""A trained CON2 model as one MLflow pyfunc: preprocessing, test-time views, S_NND / S_LH, calibrated threshold.
+
+:class:`ScoringModel` is the plain-torch part: the encoder, the S_NND bank (training features of
+every test-time view), the fitted S_LH Gaussian, the data set's image preprocessing and the
+thresholds. It scores exactly as :func:`con2lib.evaluate.evaluate` does (same views, features and
+score functions), so a test image scores the same here as in the training run.
+
+:func:`log_model` logs it as ``model`` of the active MLflow run: the state as a ``weights_only``
+checkpoint (no pickled code), the model as code (:class:`Con2PyfuncModel`, from the copy of
+``con2lib`` logged with it, so loading needs no installed con2), pinned pip requirements, and a
+``model_config`` with the score to decide on (``nnd`` or ``lh``) and the device.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from con2lib.calibration import loo_nnd_scores, rates, threshold_at_fpr
+from con2lib.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.config import Config
+from con2lib.data.images import Preprocess, prepare_image
+from con2lib.evaluate import extract_features, nnd_bank, tta_views
+from con2lib.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.train import build_model, select_device
+
+if TYPE_CHECKING:
+    from mlflow.models.model import ModelInfo
+
+    from con2lib.evaluate import Evaluation
+
+SCORES = ("nnd", "lh")
+STATE_FORMAT = 1
+# How each data set's training images were resized (the loaders in con2lib/data): the in-memory sets
+# with torch's resize, the paper's 256/224 centre crop, a plain square resize, or shorter edge + crop.
+_PAPER_CROP = ("crop", 256 / 224)
+PREPROCESSING: dict[str, tuple[str, float]] = {
+    **dict.fromkeys(("digits", "mnist", "fashionmnist", "cifar10", "cifar100"), ("array", 1.0)),
+    **dict.fromkeys(("breastmnist", "octmnist", "pneumoniamnist", "br35h", "pneumonia", "imagenet30"), _PAPER_CROP),
+    **dict.fromkeys(("kvasir", "melanoma"), ("square", 1.0)),
+    **dict.fromkeys(("dogsvscats", "muffinvschihuahua", "folder"), ("crop", 1.0)),
+}
+PIP_PACKAGES = ("torch", "torchvision", "numpy", "mlflow", "pandas", "pillow", "scikit-learn", "tqdm")
+_SCRIPT = ("# MLflow model from code: the CON2 pyfunc, from the con2lib copy logged with the model\n"
+           "from mlflow.models import set_model\n\nfrom con2lib.pyfunc_model import Con2PyfuncModel\n\n"
+           "set_model(Con2PyfuncModel())\n")
+
+
+def preprocess_for(cfg: Config, channels: int) -> Preprocess:
+    """The preprocessing that made ``cfg.dataset``'s training images, for images with ``channels`` (1 or 3)."""
+    resize, ratio = PREPROCESSING[cfg.dataset]
+    return Preprocess(cfg.image_size, "L" if channels == 1 else "RGB", resize, ratio)
+
+
+@dataclasses.dataclass
+class ScoringModel:
+    """Everything needed to score new images as the training run scored its test set.
+
+    Attributes:
+        cfg: the run's config (context, TTA, view seeds, content augmentation, batch size).
+        encoder: g, in eval mode on ``device``.
+        bank: float32 (V, n, F) training features per test-time view (S_NND).
+        gaussian: S_LH statistics fitted on ``bank``.
+        prep: how an image file becomes a uint8 (C, S, S) input.
+        thresholds: ``{"nnd": t, "lh": t}``; score > t is anomalous; None where not calibrated.
+        threshold_source: how the thresholds were set (logged, shown by ``con2 score``).
+    """
+
+    cfg: Config
+    encoder: torch.nn.Module
+    bank: torch.Tensor
+    gaussian: GaussianScorer
+    prep: Preprocess
+    device: torch.device
+    thresholds: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"nnd": None, "lh": None})
+    threshold_source: str = "none"
+
+    def __post_init__(self) -> None:
+        self.views = tta_views(self.cfg)
+        self._bank = nnd_bank(self.bank.to(self.device))  # as evaluate() stores it on this device
+
+    @classmethod
+    def from_evaluation(cls, cfg: Config, encoder: torch.nn.Module, result: Evaluation, prep: Preprocess,
+                        device: torch.device) -> ScoringModel:
+        """The model of a finished evaluation: its training features and fitted S_LH, no recomputation."""
+        return cls(cfg, encoder.eval(), result.train_features.float(), result.scorer, prep, device)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> ScoringModel:
+        """Rebuilds the model from :meth:`state` (a ``weights_only`` checkpoint) on ``device``."""
+        if state.get("format") != STATE_FORMAT:
+            raise ValueError(f"CON2 model state format {state.get('format')!r}; this con2lib reads {STATE_FORMAT}")
+        cfg = Config.from_params(state["config"])
+        prep = Preprocess(**state["preprocess"])
+        encoder = build_model(cfg, prep.channels).encoder
+        encoder.load_state_dict(state["encoder"])
+        encoder.to(device)
+        if device.type in ("cuda", "cpu"):  # the memory format training left it in (train.prepare_model)
+            encoder.to(memory_format=torch.channels_last)
+        gaussian = GaussianScorer(cfg.lh_shrinkage)
+        gaussian.load_state_dict(state["scorer"])
+        return cls(cfg, encoder.eval(), state["bank"], gaussian.to(device), prep, device,
+                   dict(state["thresholds"]), state["threshold_source"])
+
+    def state(self) -> dict[str, Any]:
+        """Tensors and literals only: saved with :func:`con2lib.checkpoint.save_checkpoint`."""
+        return {"format": STATE_FORMAT, "config": self.cfg.to_dict(), "preprocess": dataclasses.asdict(self.prep),
+                "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
+                "bank": self.bank.detach().float().cpu().contiguous(),
+                "scorer": {k: v.cpu() for k, v in self.gaussian.state_dict().items()},
+                "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source}
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """S_NND and S_LH averaged over the test-time views (eq. 16), as :func:`con2lib.evaluate.evaluate`.
+
+        Args:
+            images: uint8 (N, C, S, S) prepared images.
+
+        Returns:
+            ``nnd``, ``lh``: (N,) float32; ``nearest``: (N,) int64 index of the nearest training-bank
+            image (first view); all on the CPU.
+        """
+        feats = extract_features(self.encoder, images, self.views, self.cfg, self.device)
+        s_nnd = torch.stack([nnd_score(feats[v], self._bank[v]) for v in range(len(self.views))]).mean(0)
+        s_lh = self.gaussian.score(feats).mean(0)
+        return {"nnd": s_nnd.cpu(), "lh": s_lh.cpu(), "nearest": nnd_index(feats[0], self._bank[0]).cpu()}
+
+    def calibrate(self, images: torch.Tensor, target_fpr: float, test_labels: torch.Tensor | None = None,
+                  test_scores: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Sets the thresholds at ``target_fpr`` and returns the metrics to log.
+
+        Args:
+            images: uint8 (K, C, S, S) held-out normal images; K = 0 falls back to the training
+                bank's leave-one-out S_NND (no S_LH threshold).
+            test_labels, test_scores: (T,) labels and ``{"nnd": (T,), "lh": (T,)}`` scores of the test
+                set, for the achieved rates.
+
+        Returns:
+            ``threshold`` and ``threshold_lh`` (or ``threshold_loo`` for the fallback), ``target_fpr``,
+            and with test data ``test_fpr``, ``test_tpr`` (S_NND) and ``test_fpr_lh``, ``test_tpr_lh``.
+        """
+        if len(images):
+            scores = self.score(images)
+            self.thresholds = {k: threshold_at_fpr(scores[k], target_fpr) for k in SCORES}
+            self.threshold_source = f"calibration: {len(images)} held-out normal images, target FPR {target_fpr}"
+            metrics = {"threshold": self.thresholds["nnd"], "threshold_lh": self.thresholds["lh"]}
+        else:
+            self.thresholds = {"nnd": threshold_at_fpr(loo_nnd_scores(self.bank), target_fpr), "lh": None}
+            self.threshold_source = (f"leave-one-out S_NND of the {self.bank.shape[1]} training images (no held-out "
+                                     f"calibration images; optimistic), target FPR {target_fpr}")
+            metrics = {"threshold_loo": self.thresholds["nnd"]}
+        metrics["target_fpr"] = target_fpr
+        for name, suffix in (("nnd", ""), ("lh", "_lh")):
+            if test_labels is not None and test_scores is not None and self.thresholds[name] is not None:
+                fpr, tpr = rates(test_labels, test_scores[name], self.thresholds[name])
+                metrics[f"test_fpr{suffix}"], metrics[f"test_tpr{suffix}"] = fpr, tpr
+        return metrics
+
+    def predict(self, images: Sequence[Any], score: str = "nnd") -> pd.DataFrame:
+        """Scores raw images (paths, encoded bytes, arrays); an unusable one becomes a row with ``error``.
+
+        Returns:
+            One row per image: ``score`` (the chosen one), ``anomaly`` (score > threshold), ``nearest_index``
+            (training-bank image nearest in S_NND, -1 on error), ``score_nnd``, ``score_lh``, ``error`` ("" if fine).
+        """
+        threshold = self.thresholds.get(score)
+        if threshold is None:
+            raise ValueError(f"this model has no threshold for score {score!r} ({self.threshold_source}); use "
+                             "score 'nnd', or train with calibration_fraction > 0")
+        n = len(images)
+        out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": np.zeros(n, bool),
+                            "nearest_index": np.full(n, -1, np.int64), "score_nnd": np.full(n, np.nan),
+                            "score_lh": np.full(n, np.nan), "error": [""] * n})
+        ok, prepared = [], []
+        for i, image in enumerate(images):
+            try:
+                prepared.append(torch.from_numpy(prepare_image(_decode(image), self.prep)))
+                ok.append(i)
+            except Exception as err:  # noqa: BLE001 - any failure to read one image is that image's error
+                out.loc[i, "error"] = f"{type(err).__name__}: {err}"
+        if ok:
+            s = self.score(torch.stack(prepared))
+            chosen = s[score].numpy().astype(np.float64)
+            out.loc[ok, "score"] = chosen
+            out.loc[ok, "anomaly"] = chosen > threshold
+            out.loc[ok, "nearest_index"] = s["nearest"].numpy()
+            out.loc[ok, "score_nnd"] = s["nnd"].numpy().astype(np.float64)
+            out.loc[ok, "score_lh"] = s["lh"].numpy().astype(np.float64)
+        return out
+
+
+def _decode(image: Any) -> Any:
+    """A ``image`` column value: base64 text (optionally a ``data:`` URL) -> bytes; anything else as is."""
+    if image is None or (isinstance(image, float) and np.isnan(image)):
+        raise ValueError("no image: the row's 'path' and 'image' are both empty")
+    if isinstance(image, str):
+        try:
+            return base64.b64decode(image.split(",", 1)[1] if image.startswith("data:") else image, validate=True)
+        except binascii.Error as err:
+            raise ValueError(f"the 'image' value is not base64 text of an image file ({err})") from None
+    return image
+
+
+def input_images(model_input: Any) -> list[Any]:
+    """The images of a pyfunc input, one item per image.
+
+    Accepts a DataFrame with a ``path`` column (file paths) and/or an ``image`` column (base64 text of
+    PNG/JPEG bytes, bytes, or arrays; used where ``path`` is empty); a numpy array or tensor holding a batch
+    (N, C, H, W), (N, H, W, C) or (N, H, W), or one (H, W) image; or a list of any of these items.
+    """
+    if isinstance(model_input, pd.DataFrame):
+        if not {"path", "image"} & set(model_input.columns):
+            raise ValueError(f"expected a column 'path' (image files) or 'image' (base64 PNG/JPEG), got "
+                             f"{list(model_input.columns)}")
+        paths = model_input["path"] if "path" in model_input else pd.Series([None] * len(model_input))
+        data = model_input["image"] if "image" in model_input else pd.Series([None] * len(model_input))
+        return [Path(p) if isinstance(p, str) and p else d for p, d in zip(paths, data, strict=True)]
+    if isinstance(model_input, torch.Tensor):
+        model_input = model_input.cpu().numpy()
+    if isinstance(model_input, np.ndarray):
+        return [model_input] if model_input.ndim == 2 else list(model_input)
+    if isinstance(model_input, (list, tuple)):
+        return list(model_input)
+    raise TypeError(f"cannot score a {type(model_input).__name__}; pass a DataFrame with a 'path' or 'image' "
+                    "column, a numpy array of images, or a list of images")
+
+
+class Con2PyfuncModel(mlflow.pyfunc.PythonModel):
+    """The pyfunc: ``predict`` takes images (see :func:`input_images`) and returns :meth:`ScoringModel.predict`'s
+    table. ``model_config``: ``score`` (``nnd`` or ``lh``) and ``device`` (``auto``, ``cpu``, ``cuda``, ``mps``)."""
+
+    def load_context(self, context: Any) -> None:
+        config = dict(context.model_config or {})
+        self.score_name = config.get("score", "nnd")
+        if self.score_name not in SCORES:
+            raise ValueError(f"model_config score={self.score_name!r} is invalid: expected one of {', '.join(SCORES)}")
+        state = load_checkpoint(context.artifacts["con2"])
+        self.model = ScoringModel.from_state(state, select_device(config.get("device", "auto")))
+        if self.model.thresholds.get(self.score_name) is None:  # said at load, not at the first request
+            raise ValueError(f"this model has no threshold for score {self.score_name!r} "
+                             f"({self.model.threshold_source}); use score 'nnd'")
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        return self.model.predict(input_images(model_input), self.score_name)
+
+
+def pip_requirements() -> list[str]:
+    """The running environment's versions of what the model imports (local labels such as ``+cpu`` dropped)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in PIP_PACKAGES]
+
+
+def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> ModelInfo:
+    """Logs ``model`` as the pyfunc ``name`` of the active MLflow run (``runs:/<run id>/model``).
+
+    Args:
+        score: the score ``anomaly`` decides on by default; ``model_config={"score": ...}`` at load overrides it.
+    """
+    if score not in SCORES:
+        raise ValueError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        state = save_checkpoint(Path(tmp) / "con2_model.pt", model.state())
+        script = Path(tmp) / "con2_pyfunc.py"
+        script.write_text(_SCRIPT)
+        return mlflow.pyfunc.log_model(
+            name=name, python_model=str(script), artifacts={"con2": str(state)},
+            code_paths=[str(Path(__file__).resolve().parent)], pip_requirements=pip_requirements(),
+            model_config={"score": score, "device": "auto"}, signature=False,
+        )
