@@ -13,12 +13,16 @@ and whether the check's pick (what ``context: auto`` would train) is the best-tr
 whether the check also orders the acceptable candidates, not only rejects the bad ones.
 A summary compares the mean AUROC of the pick with the best, the default (invert) and a random pick;
 the last line is ``rank_correlation=<mean over classes> auto_matches_best=<k>/<n>``.
+
+``--aurocs OUTPUT ...`` re-runs only the check against the AUROCs printed in earlier outputs (after a
+change of the check: seconds instead of an hour, and the same training results to compare with).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import time
 
 import numpy as np
@@ -39,12 +43,16 @@ def _rho(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else math.nan
 
 
-def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[int], max_images: int) -> dict:
-    """Check and train every candidate for one normal class; returns the per-class result."""
+def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[int], max_images: int,
+                   known: dict[str, float] | None = None) -> dict:
+    """Check and train every candidate for one normal class; returns the per-class result.
+
+    ``known``: AUROCs (0..1) per candidate from an earlier output: the check is run, training is not.
+    """
     cfg = Config.from_params({**base, "normal_class": cls})
     table = check(load_dataset(cfg).train, candidates, max_images=max_images, seed=cfg.seed)
-    auroc, secs = {}, []
-    for name in candidates:
+    auroc, secs = dict(known or {}), []
+    for name in [c for c in candidates if c not in auroc]:
         runs = [run_once(cfg.replace(context=name, seed=s)) for s in seeds]
         auroc[name] = float(np.mean([r[0] for r in runs]))
         secs += [r[2] for r in runs]
@@ -57,7 +65,18 @@ def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[i
     best = max(auroc.values())
     return {"class": cls, "table": table, "auroc": auroc, "rho": rho, "rho_pass": rho_pass, "pick": pick,
             # ties count as a match: the pick is *a* best context
-            "match": math.isclose(auroc[pick], best, abs_tol=1e-9), "best": best, "secs": float(np.mean(secs))}
+            "match": math.isclose(auroc[pick], best, abs_tol=1e-9), "best": best, "secs": float(np.mean(secs)) if secs else 0.0}
+
+
+def read_aurocs(paths: list[str]) -> dict[str, dict[str, float]]:
+    """Per class, the AUROC (0..1) of each candidate printed by earlier runs of this script."""
+    out: dict[str, dict[str, float]] = {}
+    for path in paths:
+        for line in open(path):
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) > 3 and "=" in parts[2] and not parts[0].startswith("class"):
+                out[parts[0]] = {k: float(v) / 100 for k, v in re.findall(r"(\w+)=([\d.]+)", parts[2])}
+    return out
 
 
 def main() -> None:
@@ -67,8 +86,11 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=["invert", "flip", "equalize", "rot90", "hflip"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--max-images", type=int, default=500)
+    parser.add_argument("--aurocs", nargs="+", default=[], metavar="OUTPUT",
+                        help="earlier outputs of this script: re-run only the check against their AUROCs")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     args = parser.parse_args()
+    known = read_aurocs(args.aurocs)
     base = {"dataset": args.dataset, **{k: yaml.safe_load(v) for k, v in args.p}}
     start = time.perf_counter()
     print(f"{args.dataset}, candidates {' '.join(args.candidates)}, seeds {args.seeds}, params {dict(args.p)}")
@@ -76,7 +98,7 @@ def main() -> None:
           "| match")
     results = []
     for raw in args.classes:
-        r = validate_class(base, yaml.safe_load(raw), args.candidates, args.seeds, args.max_images)
+        r = validate_class(base, yaml.safe_load(raw), args.candidates, args.seeds, args.max_images, known.get(raw))
         results.append(r)
         ranking = " > ".join(f"{c}({s:.2f})" for c, s in zip(r["table"]["candidate"], r["table"]["score"], strict=True))
         aurocs = " ".join(f"{c}={100 * a:.1f}" for c, a in r["auroc"].items())

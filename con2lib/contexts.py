@@ -47,13 +47,15 @@ PROBE_SIZE = 16  # side of the downsampled images the distinctiveness probe sees
 HIST_BINS = 32
 FOLDS = 5
 NOT_DISTINCT = 0.2  # distinct score below which a candidate is labelled "not distinct" (AUROC within 0.4..0.6)
+HFLIP_REASON = "not distinct: the content augmentations flip left-right, so x and hflip(x) are views of each other"
+CONTENT_HFLIP = 0.5  # ContentAugment.hflip_p: training flips every view left-right at random
 EMBED_SIZE = 32  # side of the images the alignment measures see (random features and pixels)
 
 __all__ = ["CANDIDATES", "COLUMNS", "check", "recommend", "resolve_context"]
 
 
 def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_images: int = 500,
-          seed: int = 0) -> pd.DataFrame:
+          seed: int = 0, content_hflip: float = CONTENT_HFLIP) -> pd.DataFrame:
     """Scores each candidate context augmentation against Assumptions 1 and 2 on normal images only.
 
     Distinctiveness (eq. 9): a logistic-regression probe tells originals x from copies t_c(x) on fixed
@@ -61,12 +63,18 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
     row and column profiles of the mean and of the gradient magnitude). Five-fold cross-validation is
     grouped by image, so an image and its copy are never split across train and test folds; the mean
     held-out AUROC is ``distinct_auroc`` and ``distinct = 2 * |AUROC - 0.5|`` (0 = indistinguishable,
-    1 = perfectly separable).
+    1 = perfectly separable). The probe sees both sides as training does: CON2's content augmentations
+    flip every view horizontally with probability 0.5, so originals and copies are each flipped at
+    random (``content_hflip``) before the features. Without this, ``hflip`` looks distinct on images
+    with a canonical left-right orientation although training turns x and hflip(x) into each other's
+    views (measured: Fashion-MNIST sandals, docs/contexts.md); with it (at 0.5) ``hflip`` is rejected
+    on any images without fitting, and ``flip`` and ``rot180`` are judged alike, as training sees them.
 
     Alignment (eq. 10): Spearman rank correlation between d(x, x') and d(t_c(x), t_c(x')) (Euclidean)
-    over all pairs of the images, resized to 32x32. ``aligned`` uses the features of a fixed, seeded, untrained 3-layer convolutional
-    network with global average pooling (each set z-scored with its own statistics, so that an overall
-    shift or rescaling of the features, as ``invert`` causes, is not counted as misalignment).
+    over all pairs of the images, resized to 32x32. ``aligned`` uses the features of a fixed, seeded,
+    untrained 3-layer convolutional network with global average pooling (each set z-scored with its
+    own statistics, so that an overall shift or rescaling of the features, as ``invert`` causes, is
+    not counted as misalignment).
     ``aligned_pixel`` is the same correlation on the pixels: 1 for flips, rotations, ``invert`` and
     ``permute`` (isometries of pixel space, and the resizing commutes with them), so it only
     discriminates photometric transforms such as ``equalize``; the ranking uses the feature-space
@@ -92,7 +100,9 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
         images: uint8 (N, C, H, W) normal images (``OneClassData.train``), C = 1 or 3, square.
         candidates: names of context augmentations (see ``con2lib.augment.context``).
         max_images: at most this many images, a seeded random subset (0 = all).
-        seed: subset and random feature network.
+        seed: subset, random flips and random feature network.
+        content_hflip: probability of the random horizontal flip of the content augmentations
+            (``ContentAugment.hflip_p``, 0.5 in training); 0 compares the raw images.
 
     Returns:
         One row per candidate, sorted by rank, with the columns of :data:`COLUMNS`: candidate, rank
@@ -111,7 +121,8 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
     x = _subset(images, max_images, seed)
     if len(x) < 4:
         raise ValueError(f"the context check needs at least 4 normal images, got {len(x)}")
-    probe_x = _probe_features(x)
+    flips = torch.Generator().manual_seed(seed)
+    probe_x = _probe_features(_random_hflip(x, content_hflip, flips))
     net = _random_net(x.shape[1], seed)
     small = _resize(x, EMBED_SIZE)
     d_pixel = _pair_distances(small.flatten(1))
@@ -119,25 +130,28 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
 
     rows = []
     for name in names:
-        row = {"candidate": name, "distinct": 0.0, "distinct_auroc": np.nan, "aligned": np.nan,
-               "aligned_pixel": np.nan}
         xc = context_augment(x, name)
         identity = name == "permute" and x.shape[1] == 1
         if identity or torch.equal(xc, x):
             # exact values, nothing to estimate: copies equal originals, distances are kept
-            row.update(distinct_auroc=0.5, aligned=1.0, aligned_pixel=1.0)
-            row["reason"] = ("not distinct: identity on grayscale" if identity
-                             else "not distinct: t_c(x) = x on every image")
+            what = "identity on grayscale" if identity else "t_c(x) = x on every image"
+            rows.append({"candidate": name, "distinct": 0.0, "distinct_auroc": 0.5, "aligned": 1.0,
+                         "aligned_pixel": 1.0, "reason": f"not distinct: {what}"})
+            continue
+        small_c = _resize(xc, EMBED_SIZE)
+        aligned_pixel = _spearman(d_pixel, _pair_distances(small_c.flatten(1)))
+        aligned = _spearman(d_feat, _pair_distances(_standardise(_embed(net, small_c))))
+        if name == "hflip" and content_hflip == 0.5:
+            # exact, nothing to estimate: randomly flipped x and randomly flipped hflip(x) are one distribution
+            auroc, reason = 0.5, HFLIP_REASON
         else:
-            auroc = _separability(probe_x, _probe_features(xc))
-            row["distinct_auroc"] = auroc
-            row["distinct"] = min(1.0, 2 * abs(auroc - 0.5))
-            small_c = _resize(xc, EMBED_SIZE)
-            row["aligned_pixel"] = _spearman(d_pixel, _pair_distances(small_c.flatten(1)))
-            row["aligned"] = _spearman(d_feat, _pair_distances(_standardise(_embed(net, small_c))))
-            row["reason"] = _reason(auroc, row["distinct"], row["aligned"])
+            auroc = _separability(probe_x, _probe_features(_random_hflip(xc, content_hflip, flips)))
+            reason = ""
+        distinct = min(1.0, 2 * abs(auroc - 0.5))
+        rows.append({"candidate": name, "distinct": distinct, "distinct_auroc": auroc, "aligned": aligned,
+                     "aligned_pixel": aligned_pixel, "reason": reason or _reason(auroc, distinct, aligned)})
+    for row in rows:
         row["score"] = row["distinct"] * max(0.0, np.nan_to_num(row["aligned"]))
-        rows.append(row)
     table = pd.DataFrame(rows)
     order = np.argsort(-table["score"].to_numpy(), kind="stable")
     table = table.iloc[order].reset_index(drop=True)
@@ -198,6 +212,12 @@ def _subset(images: torch.Tensor, max_images: int, seed: int) -> torch.Tensor:
         images = images[torch.from_numpy(keep)]
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
     return x.contiguous()
+
+
+def _random_hflip(x: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Each (N, C, H, W) image flipped left-right with probability p, as the content augmentations do."""
+    flip = (torch.rand(len(x), generator=generator) < p).view(-1, 1, 1, 1)
+    return torch.where(flip, x.flip(-1), x)
 
 
 def _probe_features(x: torch.Tensor) -> np.ndarray:

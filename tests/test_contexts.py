@@ -15,7 +15,7 @@ from torchvision.transforms import functional as F_v1
 from con2lib.augment import context_augment
 from con2lib.augment.context import CONTEXT_AUGMENTATIONS, equalize
 from con2lib.config import CONTEXTS, Config
-from con2lib.contexts import CANDIDATES, COLUMNS, check, recommend, resolve_context
+from con2lib.contexts import CANDIDATES, COLUMNS, HFLIP_REASON, check, recommend, resolve_context
 
 N, S = 200, 16  # synthetic images: enough for a stable held-out AUROC, about a second per check
 
@@ -75,6 +75,16 @@ def test_flip_is_distinct_on_images_with_a_vertical_gradient() -> None:
     assert table.loc["flip", "reason"].startswith("distinct (AUROC")
     assert abs(table.loc["hflip", "distinct_auroc"] - 0.5) < 0.1  # the gradient has no left or right
     assert table.loc["flip", "aligned_pixel"] == pytest.approx(1.0)  # an isometry of pixel space
+
+
+def test_hflip_rejected_because_content_augmentations_flip_left_right() -> None:
+    left_bright = gradient_images().transpose(-1, -2)  # a strong canonical left-right orientation
+    raw = check(left_bright, ("hflip", "rot180"), content_hflip=0.0).set_index("candidate")
+    assert raw.loc["hflip", "distinct_auroc"] > 0.9 and raw.loc["rot180", "distinct_auroc"] > 0.9
+    # as training sees them (every view flipped left-right at random) neither is a new context
+    table = check(left_bright, ("hflip", "rot180")).set_index("candidate")
+    assert table.loc["hflip", "reason"] == HFLIP_REASON and table.loc["hflip", "score"] == 0
+    assert abs(table.loc["rot180", "distinct_auroc"] - 0.5) < 0.1  # rot180 = flip o hflip: only a vertical flip left
 
 
 def test_flip_is_not_distinct_on_vertically_symmetric_images() -> None:
