@@ -134,7 +134,10 @@ def _finish(client: Any, run_id: str, out: Path, error: BaseException | None) ->
         if status == "RUNNING":
             client.set_terminated(run_id, "FINISHED")
             status = "FINISHED"
-        print(f"con2 run: finished; open it with `make ui` ({mlflow.get_tracking_uri()})", flush=True)
+        metrics = client.get_run(run_id).data.metrics
+        shown = ", ".join(f"{k} {100 * metrics[k]:.2f}" for k in ("auroc_nnd", "auroc_lh") if k in metrics)
+        print(f"con2 run: finished{': AUROC ' + shown if shown else ''}; open it with `make ui` "
+              f"({mlflow.get_tracking_uri()}); model runs:/{run_id}/model", flush=True)
         return status
     ending = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
     summary = _summary(error)
