@@ -9,6 +9,7 @@ executor).
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import os
 import re
 import signal
@@ -220,7 +221,9 @@ def _log_one_run(uri: str, experiment_id: str, index: int, start: Any) -> None:
             mlflow.log_metrics({f"m{k}": index * 1000 + step * 10 + k for k in range(N_METRICS)}, step=step)
 
 
-def test_eight_concurrent_runs_on_one_sqlite_store_lose_nothing(fast_store, tmp_path) -> None:
+def test_eight_concurrent_runs_on_one_sqlite_store_lose_nothing(fast_store, tmp_path, monkeypatch) -> None:
+    # an earlier in-process IPython test may leave a __main__ without __spec__, which forkserver reads
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None, raising=False)
     make_experiment("concurrent", tmp_path)
     experiment_id = tracking.setup("concurrent")  # what run_sweep does before its workers start
     context = multiprocessing.get_context("forkserver")  # separate processes, imports done once
