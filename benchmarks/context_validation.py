@@ -44,13 +44,14 @@ def _rho(x: list[float], y: list[float]) -> float:
 
 
 def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[int], max_images: int,
-                   known: dict[str, float] | None = None) -> dict:
+                   known: dict[str, float] | None = None, content_hflip: float = 0.5) -> dict:
     """Check and train every candidate for one normal class; returns the per-class result.
 
     ``known``: AUROCs (0..1) per candidate from an earlier output: the check is run, training is not.
     """
     cfg = Config.from_params({**base, "normal_class": cls})
-    table = check(load_dataset(cfg).train, candidates, max_images=max_images, seed=cfg.seed)
+    table = check(load_dataset(cfg).train, candidates, max_images=max_images, seed=cfg.seed,
+                  content_hflip=content_hflip)
     auroc, secs = dict(known or {}), []
     for name in [c for c in candidates if c not in auroc]:
         runs = [run_once(cfg.replace(context=name, seed=s)) for s in seeds]
@@ -65,7 +66,8 @@ def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[i
     best = max(auroc.values())
     return {"class": cls, "table": table, "auroc": auroc, "rho": rho, "rho_pass": rho_pass, "pick": pick,
             # ties count as a match: the pick is *a* best context
-            "match": math.isclose(auroc[pick], best, abs_tol=1e-9), "best": best, "secs": float(np.mean(secs)) if secs else 0.0}
+            "match": math.isclose(auroc[pick], best, abs_tol=1e-9), "best": best,
+            "secs": float(np.mean(secs)) if secs else 0.0}
 
 
 def read_aurocs(paths: list[str]) -> dict[str, dict[str, float]]:
@@ -88,17 +90,21 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=500)
     parser.add_argument("--aurocs", nargs="+", default=[], metavar="OUTPUT",
                         help="earlier outputs of this script: re-run only the check against their AUROCs")
+    parser.add_argument("--content-hflip", type=float, default=0.5,
+                        help="the check's content_hflip; 0 = the first version of the check (raw images)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     args = parser.parse_args()
     known = read_aurocs(args.aurocs)
     base = {"dataset": args.dataset, **{k: yaml.safe_load(v) for k, v in args.p}}
     start = time.perf_counter()
-    print(f"{args.dataset}, candidates {' '.join(args.candidates)}, seeds {args.seeds}, params {dict(args.p)}")
+    print(f"{args.dataset}, candidates {' '.join(args.candidates)}, seeds {args.seeds}, params {dict(args.p)}, "
+          f"check content_hflip {args.content_hflip}")
     print("class | check ranking (score) | S_NND AUROC % per candidate | rho | rho passing | pick -> AUROC (best) "
           "| match")
     results = []
     for raw in args.classes:
-        r = validate_class(base, yaml.safe_load(raw), args.candidates, args.seeds, args.max_images, known.get(raw))
+        r = validate_class(base, yaml.safe_load(raw), args.candidates, args.seeds, args.max_images, known.get(raw),
+                           args.content_hflip)
         results.append(r)
         ranking = " > ".join(f"{c}({s:.2f})" for c, s in zip(r["table"]["candidate"], r["table"]["score"], strict=True))
         aurocs = " ".join(f"{c}={100 * a:.1f}" for c, a in r["auroc"].items())

@@ -3,26 +3,21 @@
 CON2 needs a context augmentation t_c that is *distinct* (Assumption 1, eq. 9: a transformed normal
 image does not look like a normal one) and *aligned* (Assumption 2, eq. 10: distances between normal
 images survive the transform). The paper picks t_c by eye (Figures 5 and 8); :func:`check` measures
-both assumptions on normal images only, in seconds on the CPU, and ranks the candidates.
+both on normal images only, in seconds on a CPU, and ranks the candidates.
 
-What it can and cannot tell (docs/contexts.md has the measured validation):
+What it can and cannot tell (measured in docs/contexts.md):
 
-* Distinctiveness is measured by a *linear* probe on fixed, hand-made features. A high AUROC is
-  strong evidence that t_c(x) is off the normal distribution; a low one only says that this probe
-  cannot tell them apart (a trained ResNet may). A candidate that is exactly the identity (``permute``
-  on grayscale) or that leaves every image unchanged is rejected outright.
-* Alignment is measured in a fixed, untrained feature space. It cannot predict what the *trained*
-  encoder will do; it flags transforms that scramble the similarity structure of the images as a
-  generic convolutional feature extractor sees it (photometric transforms that destroy or amplify
-  information, e.g. equalising dark, noisy images), and it is close to 1 for transforms that only
-  move or recolour pixels. In raw pixel space every geometric transform, ``invert`` and ``permute``
-  are exact isometries (rho = 1), so the pixel score is reported but not used for the ranking.
-* Measured on digits (10 classes x 5 candidates x 2 seeds, docs/contexts.md): the ranking does NOT
-  predict which context trains best. The check's pick was the best-trained context in 3/10 and 0/10
-  classes (chance: 2/10); it ranks ``rot90`` near the top although ``rot90`` trained worst on average.
-  Only its rejection of ``equalize`` agreed with the outcome. Use the table to reject candidates that
-  violate an assumption (identity, not distinct, not aligned), not to choose among those that pass;
-  ``context: auto`` is not better than the default ``invert`` there.
+* It catches candidates that violate an assumption: the identity (``permute`` on grayscale), copies
+  a linear probe cannot tell from originals (``flip`` without a canonical orientation), ``hflip``
+  (the content augmentations already flip left-right), and transforms that scramble the images'
+  similarity structure (``equalize`` on digits and Fashion-MNIST). Those trained worst in the
+  validation, and the first version of this check, which ignored the content flips, recommended
+  ``hflip`` for 3/10 Fashion-MNIST classes where it trained 24-37 points below the best.
+* It does NOT predict which of the passing candidates trains best: Spearman correlation with the
+  trained AUROC among passing candidates about 0.0-0.3 (digits, 2 seeds; Fashion-MNIST), top pick
+  the best-trained context in 0-4 of 10 classes (chance about 2). ``context: auto`` avoids the bad
+  candidates; it is no better than a fixed ``invert`` beyond that. Use the table to reject, not to
+  choose among the rest.
 """
 
 from __future__ import annotations
@@ -67,34 +62,27 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
     flip every view horizontally with probability 0.5, so originals and copies are each flipped at
     random (``content_hflip``) before the features. Without this, ``hflip`` looks distinct on images
     with a canonical left-right orientation although training turns x and hflip(x) into each other's
-    views (measured: Fashion-MNIST sandals, docs/contexts.md); with it (at 0.5) ``hflip`` is rejected
-    on any images without fitting, and ``flip`` and ``rot180`` are judged alike, as training sees them.
+    views (it then trained worst on Fashion-MNIST); at 0.5 ``hflip`` is rejected without fitting, and
+    ``flip`` and ``rot180`` are judged alike, as training sees them.
 
     Alignment (eq. 10): Spearman rank correlation between d(x, x') and d(t_c(x), t_c(x')) (Euclidean)
     over all pairs of the images, resized to 32x32. ``aligned`` uses the features of a fixed, seeded,
-    untrained 3-layer convolutional network with global average pooling (each set z-scored with its
-    own statistics, so that an overall shift or rescaling of the features, as ``invert`` causes, is
-    not counted as misalignment).
-    ``aligned_pixel`` is the same correlation on the pixels: 1 for flips, rotations, ``invert`` and
-    ``permute`` (isometries of pixel space, and the resizing commutes with them), so it only
-    discriminates photometric transforms such as ``equalize``; the ranking uses the feature-space
-    score because it is the one that can differ between geometric candidates. What that difference
-    means is limited: for an invertible t_c, distances under f(t_c(.)) are those of another random
-    network (filters flipped, rotated or negated), so for geometric candidates ``aligned`` mostly says
-    how much the images' similarity structure depends on orientation-specific local patterns.
+    untrained 3-layer convolutional network with global average pooling, each set z-scored on its own
+    (an overall shift or rescaling, as ``invert`` causes, is no misalignment). ``aligned_pixel`` is
+    the same on the pixels: 1 for flips, rotations, ``invert`` and ``permute`` (isometries, and the
+    resizing commutes with them), so it only tells photometric transforms such as ``equalize``
+    apart; the ranking uses ``aligned``, the one that can differ between geometric candidates. Even
+    that means little: distances under f(t_c(.)) are those of another random network (filters
+    flipped, rotated or negated), so for geometric candidates ``aligned`` only says how much the
+    similarity structure rests on orientation-specific local patterns.
 
-    Ranking: ``score = distinct * max(aligned, 0)``; rank 1 is the best, ties keep the candidates' order.
-    Both factors must be high: a perfectly aligned identity is useless, and so is a distinct transform
-    that scrambles the images. The ``reason`` labels use fixed thresholds (distinct AUROC >= 0.8, weakly
-    distinct >= 0.6; aligned rho >= 0.8, partly aligned >= 0.5) for reading only; the rank does not.
+    Ranking: ``score = distinct * max(aligned, 0)`` (both must hold: an identity is perfectly aligned
+    but useless); rank 1 first, ties in the candidates' order. The ``reason`` labels use fixed
+    thresholds (distinct: AUROC >= 0.8, weakly >= 0.6; aligned: rho >= 0.8, partly >= 0.5).
 
-    Limits: the probe is linear on hand-made features and the feature space is untrained, so both
-    scores describe the raw images, not what CON2's encoder will learn; and the check never sees an
-    anomaly, while whether a context helps depends on what anomalies look like in it. On the digits
-    validation (docs/contexts.md) the score did not predict the trained AUROC (Spearman 0.44 and 0.31
-    over candidates for two seeds, about 0.2 among the candidates that pass; the top pick was the
-    best context in 3/10 and 0/10 classes, chance 2/10): treat a low score as a warning that an
-    assumption is violated, and the order among passing candidates as uninformative.
+    Limits (module docstring, docs/contexts.md): both scores describe the images, not what CON2's
+    encoder will learn, and never see an anomaly; a low score flagged candidates that trained badly,
+    but the order among those that pass did not predict the trained AUROC.
 
     Args:
         images: uint8 (N, C, H, W) normal images (``OneClassData.train``), C = 1 or 3, square.
@@ -163,7 +151,7 @@ def recommend(table: pd.DataFrame) -> str:
     """The top-ranked candidate of a :func:`check` table.
 
     Not a prediction of the best-training context (see :func:`check`, Limits): it is the candidate
-    that satisfies both assumptions most clearly by this check's measures.
+    that satisfies both assumptions most clearly by this check's measures, one of those that pass.
 
     Warns when even the best candidate is not distinct (every candidate violates Assumption 1): the
     answer is then no better than a default.
@@ -184,8 +172,8 @@ def resolve_context(cfg: Config, train_images: torch.Tensor) -> tuple[str, pd.Da
     """The context to train with: ``cfg.context``, or for ``auto`` the top of :func:`check`.
 
     ``auto`` avoids candidates that violate an assumption on these images (e.g. ``permute`` on
-    grayscale, ``flip`` on images without a canonical orientation); among those that pass, its choice
-    did not beat a fixed ``invert`` on the digits validation (docs/contexts.md).
+    grayscale, ``flip`` on images without a canonical orientation, ``hflip``); among those that pass,
+    its choice is no better than a fixed ``invert`` (docs/contexts.md).
 
     Args:
         cfg: the run's configuration.
