@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from con2lib.augment import ContentAugment, context_augment, normalize
+from con2lib.augment import ContentAugment, context_augment
 from con2lib.config import Config
 from con2lib.losses import con2_loss, supcon_loss
 from con2lib.models import Con2Model, resolve_stem
@@ -102,13 +102,14 @@ def make_views(x: torch.Tensor, cfg: Config, augment: ContentAugment,
     xf = x.float().div_(255.0)
     ids = torch.arange(n, device=x.device)
     # augment(base, index=...) equals augment(base[index]) without copying each image 2 or 4 times
+    # normalized=True: normalize() applied inside the augmentation, while the data is in cache
     if cfg.loss == "simclr":
-        views = augment(xf, generator, index=ids.repeat(2))
-        return normalize(views), torch.zeros(2 * n, dtype=torch.long, device=x.device), ids.repeat(2)
+        views = augment(xf, generator, index=ids.repeat(2), normalized=True)
+        return views, torch.zeros(2 * n, dtype=torch.long, device=x.device), ids.repeat(2)
     base = torch.cat([xf, context_augment(xf, cfg.context)])  # [x, x^c]
-    views = augment(base, generator, index=torch.cat([ids, ids, ids + n, ids + n]))
+    views = augment(base, generator, index=torch.cat([ids, ids, ids + n, ids + n]), normalized=True)
     contexts = torch.arange(2, device=x.device).repeat_interleave(2 * n)
-    return normalize(views), contexts, ids.repeat(4)
+    return views, contexts, ids.repeat(4)
 
 
 def fit(

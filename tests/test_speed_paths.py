@@ -40,6 +40,8 @@ def test_content_augment_groups_and_index_do_not_change_the_views(monkeypatch: p
     monkeypatch.setattr(content, "_CPU_TILE_BYTES", 2 * 3 * 16 * 16 * 4)  # groups of 2 images
     assert torch.equal(aug(x, torch.Generator().manual_seed(2), index=index), whole)
     assert torch.equal(aug(x[index], torch.Generator().manual_seed(2)), whole)
+    normalized = aug(x, torch.Generator().manual_seed(2), index=index, normalized=True)
+    assert torch.equal(normalized, normalize(whole))
 
 
 def test_make_views_are_the_augmented_copies_in_order() -> None:
