@@ -72,6 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"con2 run: {err}", file=sys.stderr)
         return 2
+    from con2lib import distributed
+
+    if distributed.is_worker():  # a torchrun rank > 0: trains alongside rank 0's run (docs/sweeps.md, Multi-GPU)
+        return distributed.worker_main(str(params.get("device", "auto")))
     try:
         _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
                                 tags={"con2.params_file": str(args.params)}, kernel=args.kernel)

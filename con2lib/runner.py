@@ -1,8 +1,9 @@
-"""One training run: validate, create the MLflow run, execute the notebook with papermill, record the end.
+"""One training run: validate, create (or resume) the MLflow run, execute the notebook (papermill), record the end.
 
 ``con2 run`` and every point of ``con2 sweep`` (local workers and Slurm array tasks alike) go through
 :func:`execute_run`, so a run started either way fails, is interrupted and is logged the same way
-(docs/troubleshooting.md).
+(docs/troubleshooting.md). A run that was interrupted (killed, or its process died) continues when it
+is started again with the same parameters: :func:`find_resumable` (docs/sweeps.md, "Resume").
 
     python -m con2lib.runner <task.json>   # one point of a sweep (a local worker of con2lib.sweep_backends)
 """
@@ -24,6 +25,11 @@ from con2lib.config import Config
 from con2lib.paths import project_root, resolve
 
 T = TypeVar("T")
+TAG_RESUME_KEY, TAG_RESUMED = "con2.resume_key", "con2.resumed_from_epoch"
+TAG_PARENT = "mlflow.parentRunId"
+# How runs end when something outside stopped them: continuing them repeats nothing that went wrong.
+# A run that FAILED on an error of its own (bad data, a NaN loss, a bug) starts afresh: the error would recur.
+_INTERRUPTIONS = ("died while the run was RUNNING", "DeadKernelError")
 
 
 class RunNotStarted(ValueError):
@@ -65,6 +71,9 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         mark_dead: first end as FAILED the runs of this host whose process died (a sweep does this
             once, in its parent process, instead of once per point).
 
+    A run of the same parameters (and parent run) that was interrupted and left a training checkpoint
+    is continued instead of creating a new one (:func:`find_resumable`).
+
     Returns:
         ``(run_id, status)``; status is FINISHED, FAILED or KILLED.
 
@@ -80,10 +89,19 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
     if mark_dead:
         for dead in tracking.mark_dead_runs_failed():
             print(f"con2 run: run {dead} was left RUNNING by a process that died; marked FAILED", file=sys.stderr)
+    from con2lib.checkpoint import config_key
+
     client = MlflowClient()
-    run_tags = {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname(), **(tags or {})}
-    run = retry_locked(lambda: client.create_run(experiment_id, run_name=cfg.run_name or None, tags=run_tags))
-    run_id = run.info.run_id
+    run_tags = {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname(),
+                TAG_RESUME_KEY: config_key(cfg.to_dict()), **(tags or {})}
+    found = find_resumable(client, experiment_id, run_tags[TAG_RESUME_KEY], run_tags.get(TAG_PARENT, ""))
+    if found is not None:
+        run_id, epoch = found
+        reopen(client, run_id, {**run_tags, TAG_RESUMED: str(epoch)})
+        print(f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch {epoch}", flush=True)
+    else:
+        run = retry_locked(lambda: client.create_run(experiment_id, run_name=cfg.run_name or None, tags=run_tags))
+        run_id = run.info.run_id
     out = Path(output) if output else tracking.run_dir(run_id) / "train.ipynb"
     error: BaseException | None = None
     restore = interrupt_on_termination()
@@ -104,6 +122,44 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
     if isinstance(error, KeyboardInterrupt):
         raise error
     return run_id, status
+
+
+def find_resumable(client: Any, experiment_id: str, key: str, parent: str = "") -> tuple[str, int] | None:
+    """The latest run to continue: same parameters (``key``) and parent run, interrupted, with a training checkpoint.
+
+    Interrupted: KILLED (Ctrl-C, SIGTERM: a sweep stopped, a Slurm time limit), or FAILED because its
+    process or kernel died. The checkpoint is ``runs/<run id>/checkpoint.pt`` here (any host's run, when
+    the runs folder is shared).
+
+    Returns:
+        ``(run_id, epoch of its checkpoint)``, or None.
+    """
+    from con2lib import tracking
+    from con2lib.checkpoint import training_epoch
+
+    runs = retry_locked(lambda: client.search_runs([experiment_id], f"tags.`{TAG_RESUME_KEY}` = '{key}'",
+                                                   order_by=["attributes.start_time DESC"], max_results=100))
+    for run in runs:
+        failure = run.data.tags.get(tracking.TAG_FAILURE, "")
+        interrupted = run.info.status == "KILLED" or (run.info.status == "FAILED"
+                                                      and any(m in failure for m in _INTERRUPTIONS))
+        if not interrupted or run.data.tags.get(TAG_PARENT, "") != parent:
+            continue
+        epoch = training_epoch(tracking.run_dir(run.info.run_id) / "checkpoint.pt")
+        if epoch is not None:
+            return run.info.run_id, epoch
+    return None
+
+
+def reopen(client: Any, run_id: str, tags: dict[str, str]) -> None:
+    """Makes an interrupted run RUNNING again, owned by this process, its failure tag removed."""
+    from con2lib import tracking
+
+    for key, value in tags.items():  # the live owner first: a RUNNING run with a dead pid would be marked FAILED
+        retry_locked(lambda k=key, v=value: client.set_tag(run_id, k, v))
+    if tracking.TAG_FAILURE in client.get_run(run_id).data.tags:
+        retry_locked(lambda: client.delete_tag(run_id, tracking.TAG_FAILURE))
+    retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
 
 
 def retry_locked(call: Callable[[], T], attempts: int = 8, delay_s: float = 0.5) -> T:

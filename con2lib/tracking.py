@@ -6,7 +6,8 @@ with artifacts under ``<project>/mlruns/artifacts`` (absolute paths, so a notebo
 
 Failures are recorded where a user looks first: a failed run ends FAILED (KILLED when interrupted)
 with the tag ``con2.failure``, its traceback as ``error/traceback.txt`` and its last checkpoint as
-``checkpoint/checkpoint.pt``; a run whose process was killed is marked FAILED by the next start.
+``checkpoint/checkpoint.pt``; a run whose process was killed is marked FAILED by the next start (and
+continued by the next start with the same parameters: con2lib.runner.find_resumable).
 """
 
 from __future__ import annotations
@@ -218,22 +219,21 @@ def log_figure(fig: Any, name: str) -> None:
 
 
 class EpochLogger:
-    """``fit``'s per-epoch callback: logs the epoch's metrics and checkpoints every k epochs.
+    """``fit``'s per-epoch callback: logs the epoch's metrics, each epoch once.
 
-    The checkpoint is the last *good* state: an epoch whose loss turned non-finite raises before
-    this callback runs, so it never overwrites the previous checkpoint.
+    ``fit`` itself writes the training checkpoint (``checkpoint=``), after this callback: the last
+    *good* state, since an epoch whose loss turned non-finite raises before either. A resumed run
+    (docs/sweeps.md, "Resume") trains again the epochs after its last checkpoint; those already
+    logged before the interruption are not logged twice.
     """
 
     def __init__(self, cfg: Config, run_id: str) -> None:
         self.cfg = cfg
-        self.path = run_dir(run_id) / "checkpoint.pt"
+        self.logged = max((m.step for m in MlflowClient().get_metric_history(run_id, "loss")), default=0)
 
     def __call__(self, stats: Any, model: Any) -> None:
-        from con2lib.checkpoint import model_state, save_checkpoint
-
-        log_epoch(stats)
-        if stats.epoch % self.cfg.checkpoint_every == 0 or stats.epoch == self.cfg.epochs:
-            save_checkpoint(self.path, model_state(model, self.cfg.to_dict(), epoch=stats.epoch))
+        if stats.epoch > self.logged:
+            log_epoch(stats)
 
 
 def _param(value: Any) -> str:

@@ -8,19 +8,25 @@ during an epoch and are read once at its end, so the step never waits for the ho
 Speed: the views are made batched on the training device (no DataLoader, no per-sample Python);
 the model runs channels_last (CUDA, CPU), in bf16 autocast on CUDA, optionally ``torch.compile``d
 (``cfg.compile``), with fused AdamW. ``benchmarks/train_throughput.py`` measures the result.
+
+``fit`` resumes from its training checkpoint (:mod:`con2lib.checkpoint`) and, under torchrun, trains
+as one rank of DistributedDataParallel (:mod:`con2lib.distributed`).
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from con2lib import distributed
 from con2lib.augment import ContentAugment, context_augment
+from con2lib.checkpoint import resume_training, save_checkpoint, training_state
 from con2lib.config import Config
 from con2lib.losses import con2_loss, supcon_loss
 from con2lib.models import Con2Model, resolve_stem
@@ -106,10 +112,11 @@ def make_views(x: torch.Tensor, cfg: Config, augment: ContentAugment,
     if cfg.loss == "simclr":
         views = augment(xf, generator, index=ids.repeat(2), normalized=True)
         return views, torch.zeros(2 * n, dtype=torch.long, device=x.device), ids.repeat(2)
-    base = torch.cat([xf, context_augment(xf, cfg.context)])  # [x, x^c]
-    views = augment(base, generator, index=torch.cat([ids, ids, ids + n, ids + n]), normalized=True)
-    contexts = torch.arange(2, device=x.device).repeat_interleave(2 * n)
-    return views, contexts, ids.repeat(4)
+    base = torch.cat([xf] + [context_augment(xf, c) for c in cfg.contexts])  # [x, x^c1, ...]: K contexts
+    k = cfg.n_contexts
+    views = augment(base, generator, index=torch.cat([ids + c * n for c in range(k) for _ in (0, 1)]), normalized=True)
+    contexts = torch.arange(k, device=x.device).repeat_interleave(2 * n)
+    return views, contexts, ids.repeat(2 * k)
 
 
 def fit(
@@ -118,6 +125,7 @@ def fit(
     train_images: torch.Tensor,
     on_epoch: Callable[[EpochStats, Con2Model], None] | None = None,
     progress: bool = True,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> list[EpochStats]:
     """Trains ``model`` in place on the normal images.
 
@@ -125,18 +133,31 @@ def fit(
         cfg: run configuration.
         model: encoder and heads, already on the training device.
         train_images: uint8 (N, C, H, W) normal training images on the training device.
-        on_epoch: called after every epoch with its statistics and the model (logging, checkpoints).
+        on_epoch: called after every epoch with its statistics and the model (logging).
         progress: show a progress bar.
+        checkpoint: path of the training checkpoint (model, optimiser, scheduler, RNG states:
+            :func:`con2lib.checkpoint.training_state`), written every ``cfg.checkpoint_every`` epochs and
+            after the last, once ``on_epoch`` returned. If it already holds one of this config, training
+            continues after its epoch and ends exactly as an uninterrupted run (docs/sweeps.md, "Resume").
+
+    Under torchrun (``WORLD_SIZE`` > 1) this process is one rank of DistributedDataParallel
+    (:mod:`con2lib.distributed`): ``cfg.batch_size`` stays the global batch, and only rank 0 calls
+    ``on_epoch`` and writes the checkpoint.
 
     Returns:
-        The statistics of every epoch.
+        The statistics of every epoch (for a resumed run, those before it come from the checkpoint).
 
     Raises:
         NonFiniteLossError: a loss became NaN or infinite (the epoch and step are named).
+        ValueError: ``checkpoint`` holds the training state of other parameters.
     """
     from tqdm.auto import tqdm
 
     device = train_images.device
+    group = distributed.join(device)
+    lead = group is None or group.rank == 0  # the process that logs and checkpoints
+    if group is not None and lead:
+        distributed.send_inputs(group, cfg.to_dict(), train_images)
     n = len(train_images)
     batch = min(cfg.batch_size, n)
     steps = steps_per_epoch(cfg, n)
@@ -145,38 +166,49 @@ def fit(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, 1.0))
     augment = content_augment_for(cfg)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    forward = prepare_model(cfg, model, device)
-    history: list[EpochStats] = []
-    step = 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not progress)
-    for epoch in bar:
-        model.train()
-        start = time.perf_counter()
-        order = torch.randperm(n, device=device, generator=generator)
-        sums = torch.zeros(3, device=device)
-        losses = []
-        alpha = 0.0
-        for i in range(steps):
-            alpha = linear_alpha(step, total_steps, cfg.alpha_start, cfg.alpha_end)
-            views, contexts, ids = make_views(train_images[order[i * batch:(i + 1) * batch]], cfg, augment, generator)
-            parts = train_step(cfg, forward, optimizer, views, contexts, ids, alpha)
-            scheduler.step()
-            step += 1
-            sums += parts
-            losses.append(parts[0])
-        values = torch.stack(losses).cpu()  # the one host-device synchronisation of the epoch
-        bad = torch.nonzero(~torch.isfinite(values))
-        if len(bad):
-            first = int(bad[0])
-            raise NonFiniteLossError(epoch, (epoch - 1) * steps + first + 1, float(values[first]))
-        mean = (sums / steps).tolist()
-        seconds = time.perf_counter() - start
-        stats = EpochStats(epoch, mean[0], mean[1], mean[2], alpha, scheduler.get_last_lr()[0],
-                           steps * batch / seconds)
-        history.append(stats)
-        bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.images_per_s:.0f}")
-        if on_epoch is not None:
-            on_epoch(stats, model)
+    try:
+        done, step, saved = resume_training(checkpoint if lead else None, cfg.to_dict(), model, optimizer, scheduler,
+                                            generator, share=group.broadcast if group is not None else None)
+        history = [EpochStats(**h) for h in saved]
+        forward = prepare_model(cfg, model, device, wrap=group.wrap if group is not None else None)
+        bar = tqdm(range(done + 1, cfg.epochs + 1), desc="training", unit="epoch", disable=not progress,
+                   initial=done, total=cfg.epochs)
+        for epoch in bar:
+            model.train()
+            start = time.perf_counter()
+            order = torch.randperm(n, device=device, generator=generator)
+            sums = torch.zeros(3, device=device)
+            losses = []
+            alpha = 0.0
+            for i in range(steps):
+                alpha = linear_alpha(step, total_steps, cfg.alpha_start, cfg.alpha_end)
+                views, contexts, ids = make_views(train_images[order[i * batch:(i + 1) * batch]], cfg, augment,
+                                                  generator)
+                parts = train_step(cfg, forward, optimizer, views, contexts, ids, alpha, group)
+                scheduler.step()
+                step += 1
+                sums += parts
+                losses.append(parts[0])
+            values = torch.stack(losses).cpu()  # the one host-device synchronisation of the epoch
+            bad = torch.nonzero(~torch.isfinite(values))
+            if len(bad):
+                first = int(bad[0])
+                raise NonFiniteLossError(epoch, (epoch - 1) * steps + first + 1, float(values[first]))
+            mean = (sums / steps).tolist()
+            seconds = time.perf_counter() - start
+            stats = EpochStats(epoch, mean[0], mean[1], mean[2], alpha, scheduler.get_last_lr()[0],
+                               steps * batch / seconds)
+            history.append(stats)
+            bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.images_per_s:.0f}")
+            if lead and on_epoch is not None:
+                on_epoch(stats, model)
+            # after on_epoch: a run killed in between resumes from the previous checkpoint and logs no gap
+            if lead and checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+                save_checkpoint(checkpoint, training_state(cfg.to_dict(), model, optimizer, scheduler, generator,
+                                                           epoch, step, [asdict(h) for h in history]))
+    finally:
+        if group is not None:
+            group.close()
     return history
 
 
@@ -187,8 +219,12 @@ def make_optimizer(cfg: Config, model: torch.nn.Module, device: torch.device) ->
                              fused=fused)
 
 
-def prepare_model(cfg: Config, model: Con2Model, device: torch.device) -> Callable[[torch.Tensor], tuple]:
+def prepare_model(cfg: Config, model: Con2Model, device: torch.device,
+                  wrap: Callable[[Con2Model], torch.nn.Module] | None = None) -> Callable[[torch.Tensor], tuple]:
     """The model as the training step calls it: channels_last on CUDA and CPU, compiled when ``cfg.compile``.
+
+    ``wrap`` (DistributedDataParallel, :meth:`con2lib.distributed.Group.wrap`) is applied after the
+    conversion to channels_last, which would otherwise replace the tensors DDP has registered.
 
     On CUDA this also turns on cuDNN's autotuner (process-wide: the steps' shapes never change).
 
@@ -199,19 +235,21 @@ def prepare_model(cfg: Config, model: Con2Model, device: torch.device) -> Callab
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: pick the fastest kernels once
-    if cfg.compile:
-        return torch.compile(model)
-    return model
+    net = wrap(model) if wrap is not None else model
+    return torch.compile(net) if cfg.compile else net
 
 
 def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer: torch.optim.Optimizer,
-               views: torch.Tensor, contexts: torch.Tensor, ids: torch.Tensor, alpha: float) -> torch.Tensor:
+               views: torch.Tensor, contexts: torch.Tensor, ids: torch.Tensor, alpha: float,
+               group: distributed.Group | None = None) -> torch.Tensor:
     """One optimiser step on ready views; never waits for the device.
 
     Args:
         forward: the model as returned by :func:`prepare_model`.
         views: float (V, C, S, S) normalised views; contexts, ids: (V,) labels (see :func:`make_views`).
         alpha: weight of L_content.
+        group: under DDP, the rank forwards only its slice of ``views``, and the loss is computed on the
+            projections of all ranks gathered in order: the single-process loss of all ``views``.
 
     Returns:
         (3,) detached [total, L_context, L_content] on the device.
@@ -219,9 +257,17 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
     cuda = views.device.type == "cuda"
     if views.device.type in _CHANNELS_LAST:
         views = views.contiguous(memory_format=torch.channels_last)
+    if group is not None:
+        views = group.local(views)
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cuda):
         _, z_context, z_content = forward(views)
-    total, l_context, l_content = _objective(cfg, z_context.float(), z_content.float(), contexts, ids, alpha)
+    z_context, z_content = z_context.float(), z_content.float()
+    if group is not None:
+        z_context, z_content = group.gather(z_context, z_content)
+    total, l_context, l_content = _objective(cfg, z_context, z_content, contexts, ids, alpha)
+    if group is not None and cfg.loss != "con2":
+        # DDP waits for a gradient of every parameter: the head this loss ignores gets zeros (exactly)
+        total = total + 0.0 * (z_context.sum() + z_content.sum())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()

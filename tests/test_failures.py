@@ -70,8 +70,8 @@ def test_bad_parameter_through_con2_run_is_one_line_and_creates_no_run(fast_stor
                  marks=pytest.mark.skipif(torch.backends.mps.is_available(), reason="MPS exists here")),
     ({"epochs": "10"}, r"parameter epochs='10' has type str; expected int"),
     ({"batch_size": 1}, r"parameter batch_size=1 is invalid: expected an integer >= 2"),
-    ({"tta": 3}, r"parameter tta=3 is invalid: expected a positive even integer"),
-    ({"tta": 0}, r"parameter tta=0 is invalid"),
+    ({"tta": 3}, r"parameter tta=3 is invalid: expected a positive multiple of the 2 contexts"),
+    ({"tta": -2}, r"parameter tta=-2 is invalid"),
     ({"temperature": 0}, r"parameter temperature=0.0 is invalid: expected a number > 0"),
     ({"image_size": 4}, r"parameter image_size=4 is invalid: expected an integer >= 8"),
 ])
