@@ -283,18 +283,20 @@ def silhouette_context(features_x: torch.Tensor | np.ndarray, features_xc: torch
     return float(silhouette_score(np.concatenate(parts), labels, metric="cosine"))
 
 
-def context_misalignment(train_features: torch.Tensor, test_features: torch.Tensor) -> torch.Tensor:
+def context_misalignment(train_features: torch.Tensor, test_features: torch.Tensor,
+                         view: int | None = None) -> torch.Tensor:
     """How far each test image's context copy lands from it, relative to training images.
 
     Args:
         train_features: (A, n, F) features per TTA view (view 0 = x, view A/2 = t_c(x)).
+        view: the view of the context copy when not A/2 (several contexts: ``cfg.views_per_context``).
         test_features: (A, T, F) the same for the test images.
 
     Returns:
         (T,) cosine distance between the features of x and of t_c(x), divided by the median of that
         distance over the training images: about 1 = aligned as usual, >> 1 = alignment failure.
     """
-    half = train_features.shape[0] // 2
+    half = train_features.shape[0] // 2 if view is None else view  # the first context copy's view
 
     def distance(f: torch.Tensor) -> torch.Tensor:
         return 1 - F.cosine_similarity(f[0].float(), f[half].float(), dim=-1)

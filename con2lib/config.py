@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute", "auto")  # auto: con2lib.contexts
+MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 STEMS = ("auto", "cifar", "stride2", "imagenet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -66,7 +67,7 @@ class Config:
     compile: bool = False  # torch.compile the model for training (CUDA: faster after a warm-up)
 
     # scoring
-    tta: int = 2
+    tta: int = 2  # views per image, a multiple of the number of contexts; 0 = one un-augmented view per context
     tta_identity: bool = True  # first view of each context half is the un-augmented image
     lh_shrinkage: float = 0.1
     eval_batch_size: int = 256
@@ -84,7 +85,7 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, _dataset_names())
-        _check_choice("context", self.context, CONTEXTS)
+        _check_context(self.context)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("stem", self.stem, STEMS)
         _check_choice("device", self.device, DEVICES)
@@ -94,8 +95,9 @@ class Config:
         _check_positive("checkpoint_every", self.checkpoint_every)
         if self.batch_size < 2:
             _fail("batch_size", self.batch_size, "an integer >= 2 (contrastive losses need negatives)")
-        if self.tta <= 0 or self.tta % 2:
-            _fail("tta", self.tta, "a positive even integer (half the views score x, half its context copy)")
+        if self.tta < 0 or self.tta % self.n_contexts:
+            _fail("tta", self.tta, f"a positive multiple of the {self.n_contexts} contexts (x and each context "
+                  "copy get the same number of views), or 0 for one un-augmented view per context")
         if self.image_size < 8:
             _fail("image_size", self.image_size, "an integer >= 8 (random resized crops need pixels)")
         if not self.temperature > 0:
@@ -126,6 +128,27 @@ class Config:
         if not self.experiment.strip():
             _fail("experiment", self.experiment, "a non-empty experiment name")
 
+    @property
+    def contexts(self) -> tuple[str, ...]:
+        """The context augmentations: one name for CON2, several for appendix E.2's ablation; a name
+        may compose transforms with ``+`` (``flip+invert``). ``("auto",)`` until resolved."""
+        return tuple(c.strip() for c in self.context.split(","))
+
+    @property
+    def n_contexts(self) -> int:
+        """Number of contexts, the original images included (2 for CON2)."""
+        return len(self.contexts) + 1
+
+    @property
+    def views_per_context(self) -> int:
+        """Test-time views of x and of each context copy: view ``k * views_per_context`` is context k's first."""
+        return self.n_views // self.n_contexts
+
+    @property
+    def n_views(self) -> int:
+        """A, the test-time views of eq. 16: ``tta``, or one per context for ``tta: 0``."""
+        return self.tta or self.n_contexts
+
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Config:
         """Builds a validated config from flat parameters (a params file or notebook globals).
@@ -141,6 +164,8 @@ class Config:
                 f"unknown parameter(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(sorted(known))}"
             )
         hints = typing.get_type_hints(cls)
+        if isinstance(params.get("context"), (list, tuple)):  # YAML list of contexts (appendix E.2)
+            params = {**params, "context": ",".join(map(str, params["context"]))}
         values = {name: _coerce(name, value, hints[name]) for name, value in params.items()}
         return cls(**values)
 
@@ -172,6 +197,21 @@ def _fail(name: str, value: Any, allowed: str) -> None:
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         _fail(name, value, f"one of {', '.join(choices)}")
+
+
+def _check_context(context: str) -> None:
+    """One context (a name of CONTEXTS, or transforms joined by ``+``) or a comma list of distinct ones."""
+    if not isinstance(context, str):
+        return  # the type check in _coerce names it
+    names = [c.strip() for c in context.split(",")]
+    allowed = f"one of {', '.join(CONTEXTS)}, transforms joined by '+' (flip+invert), or a list of 1 to " \
+              f"{MAX_CONTEXTS - 1} distinct such contexts (appendix E.2)"
+    if "auto" in names and len(names) > 1 or len(set(names)) != len(names) or len(names) > MAX_CONTEXTS - 1:
+        _fail("context", context, allowed)
+    for name in names:
+        parts = name.split("+")
+        if name != "auto" and (not all(p in CONTEXTS and p != "auto" for p in parts) or len(set(parts)) != len(parts)):
+            _fail("context", context, allowed)
 
 
 def _check_positive(name: str, value: int) -> None:

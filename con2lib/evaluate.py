@@ -1,10 +1,11 @@
 """Test-time augmented features and the final anomaly scores S_NND and S_LH (eq. 16).
 
-View i of A test-time augmentations scores x itself for i < A/2 and its context copy x^c for the
-other half. Each view is one fixed transformation: its random content-augmentation parameters are
+View i of A test-time augmentations scores x itself for i < A/K and the context copies for the
+rest, A/K views per context (K = 2 for CON2: half of the views see x, half x^c; K up to 8 with several
+contexts, appendix E.2). Each view is one fixed transformation: its random content-augmentation parameters are
 drawn once (seeded) and applied to every image, training bank and test set alike, so that a test
 feature is compared with training features "under the same augmentation" (eq. 12). With
-``tta_identity`` the first view of each half is the un-augmented image.
+``tta_identity`` the first view of each context is the un-augmented image (or context copy).
 
 Speed: features are extracted in batches on the device (augmentations included, bf16 autocast on
 CUDA); S_NND runs blocked with a float16 bank on CUDA (:func:`nnd_bank`), S_LH as batched matrix
@@ -28,9 +29,9 @@ from con2lib.train import content_augment_for
 
 @dataclass(frozen=True)
 class View:
-    """One test-time augmentation: whether it scores the context copy, and its content augmentation."""
+    """One test-time augmentation: the context it scores ("" = x itself), and its content augmentation."""
 
-    context: bool
+    context: str
     augment: bool
     seed: int
 
@@ -59,10 +60,11 @@ class Evaluation:
 
 
 def tta_views(cfg: Config) -> list[View]:
-    """The A views of eq. 16: A/2 of x, then A/2 of its context copy."""
-    half = cfg.tta // 2
-    return [View(context=i >= half, augment=not (cfg.tta_identity and i % half == 0), seed=cfg.seed * 1000 + i)
-            for i in range(cfg.tta)]
+    """The A views of eq. 16: A/K of x, then A/K of each context copy (``cfg.views_per_context``)."""
+    per = cfg.views_per_context
+    names = ("",) + cfg.contexts
+    return [View(context=names[i // per], augment=not (cfg.tta_identity and i % per == 0), seed=cfg.seed * 1000 + i)
+            for i in range(cfg.n_views)]
 
 
 @torch.no_grad()
@@ -86,7 +88,7 @@ def extract_features(encoder: torch.nn.Module, images: torch.Tensor, views: list
         for chunk in images.split(cfg.eval_batch_size):
             x = chunk.to(device, non_blocking=True).float().div_(255.0)
             if view.context:
-                x = context_augment(x, cfg.context)
+                x = context_augment(x, view.context)
             if view.augment:
                 # the same seed for every chunk: one transformation for the whole set
                 gen = torch.Generator(device=device).manual_seed(view.seed)

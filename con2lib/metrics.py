@@ -28,16 +28,26 @@ def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_c
     Returns:
         ``auroc_nnd_notta`` / ``auroc_lh_notta`` (first view only: the un-augmented image with
         ``tta_identity``), ``auroc_ssd`` (SSD on the same views, averaged like eq. 16) and
-        ``silhouette_context`` (test features of x against those of t_c(x)).
+        ``silhouette_context`` (test features of x against those of its first context copy); with
+        ``tta_identity`` and more than one view per context also ``auroc_nnd_identity`` /
+        ``auroc_lh_identity``: the un-augmented views only (x and its context copies), which equals
+        the score of ``tta`` = number of contexts for the same model, so one run measures both.
     """
     train, test = result.train_features, result.test_features
-    half = cfg.tta // 2
+    per = cfg.views_per_context  # view k * per: the un-augmented copy in context k (with tta_identity)
     nnd0 = nnd_score(test[0], train[0]).cpu()
     lh0 = GaussianScorer(cfg.lh_shrinkage).fit(train[0]).score(test[0]).cpu()
     ssd = SSDScorer(cfg.lh_shrinkage).fit(train, n_clusters=ssd_clusters, seed=cfg.seed).score(test).mean(0).cpu()
+    identity = {}
+    if cfg.tta_identity and per > 1:
+        first = list(range(0, cfg.n_views, per))
+        nnd_id = torch.stack([nnd_score(test[v], train[v]) for v in first]).mean(0).cpu()
+        lh_id = GaussianScorer(cfg.lh_shrinkage).fit(train[first]).score(test[first]).mean(0).cpu()
+        identity = {"auroc_nnd_identity": auroc(labels, nnd_id), "auroc_lh_identity": auroc(labels, lh_id)}
     return {
+        **identity,
         "auroc_nnd_notta": auroc(labels, nnd0),
         "auroc_lh_notta": auroc(labels, lh0),
         "auroc_ssd": auroc(labels, ssd),
-        "silhouette_context": silhouette_context(test[0], test[half], seed=cfg.seed),
+        "silhouette_context": silhouette_context(test[0], test[per], seed=cfg.seed),
     }

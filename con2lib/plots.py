@@ -16,18 +16,19 @@ _COLOURS = {"train": "#7f7f7f", "normal test": "#1f77b4", "anomalous test": "#d6
 
 
 def context_examples(images: torch.Tensor, context: str, n: int = 8) -> go.Figure:
-    """Top row: normal training images x; bottom row: their context copies t_c(x)."""
+    """Top row: normal training images x; below, one row per context copy t_c(x) (``context`` may list
+    several, comma-separated)."""
     x = images[:n].float() / 255.0
-    rows = [x, context_augment(x, context)]
-    fig = make_subplots(rows=2, cols=len(x), horizontal_spacing=0.01, vertical_spacing=0.04)
+    rows = [x] + [context_augment(x, c.strip()) for c in context.split(",")]
+    fig = make_subplots(rows=len(rows), cols=len(x), horizontal_spacing=0.01, vertical_spacing=0.04)
     for r, batch in enumerate(rows, start=1):
         for c, img in enumerate(batch, start=1):
             rgb = (img.expand(3, -1, -1) if img.shape[0] == 1 else img).permute(1, 2, 0).numpy() * 255
             fig.add_trace(go.Image(z=rgb.astype(np.uint8), hoverinfo="skip"), row=r, col=c)
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
-    fig.update_layout(title=f"normal images (top) and their '{context}' context copies (bottom)",
-                      height=260, margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(title=f"normal images (top) and their '{context}' context copies (below)",
+                      height=130 * len(rows), margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

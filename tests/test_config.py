@@ -16,8 +16,8 @@ from con2lib.config import Config
     ({"epochs": "10"}, r"epochs='10' has type str; expected int"),
     ({"epochs": 2.5}, r"epochs=2.5 has type float; expected int"),
     ({"batch_size": 1}, r"batch_size=1 is invalid: expected an integer >= 2"),
-    ({"tta": 3}, r"tta=3 is invalid: expected a positive even integer"),
-    ({"tta": 0}, r"tta=0 is invalid"),
+    ({"tta": 3}, r"tta=3 is invalid: expected a positive multiple of the 2 contexts"),
+    ({"tta": -2}, r"tta=-2 is invalid: expected a positive multiple"),
     ({"temperature": 0}, r"temperature=0.0 is invalid: expected a number > 0"),
     ({"temperature": True}, r"temperature=True has type bool"),
     ({"image_size": 4}, r"image_size=4 is invalid"),
@@ -61,3 +61,14 @@ def test_every_shipped_params_file_is_valid() -> None:
         if "sweeps" in path.parts:
             continue
         Config.from_params(load_params(path))
+
+
+def test_every_point_of_every_shipped_sweep_is_a_valid_config() -> None:
+    from con2lib.paths import project_root
+    from con2lib.sweep import load_sweep
+
+    grids = sorted((project_root() / "params" / "sweeps").glob("*.yaml"))
+    assert any(p.stem == "figure9" for p in grids)
+    for path in grids:
+        for point in load_sweep(path).points:
+            Config.from_params(point.params)

@@ -67,7 +67,9 @@ def context_augment(x: torch.Tensor, name: str) -> torch.Tensor:
 
     Args:
         x: float (B, C, H, W) images in [0, 1], on any device (square for ``rot90``).
-        name: one of ``invert``, ``flip``, ``equalize``, ``rot90``, ``rot180``, ``hflip``, ``permute``.
+        name: one of ``invert``, ``flip``, ``equalize``, ``rot90``, ``rot180``, ``hflip``, ``permute``,
+            or several joined by ``+`` (applied left to right: ``flip+invert`` flips, then inverts), the
+            combined contexts of appendix E.2.
 
     Returns:
         float (B, C, H, W) tensor on the same device with the same dtype.
@@ -78,8 +80,11 @@ def context_augment(x: torch.Tensor, name: str) -> torch.Tensor:
     if name == "auto":
         raise ValueError("context 'auto' is not a transform: resolve it first with "
                          "con2lib.contexts.resolve_context(cfg, train_images)")
-    try:
-        fn = CONTEXT_AUGMENTATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown context augmentation {name!r}; expected one of {', '.join(CONTEXT_AUGMENTATIONS)}") from None
-    return fn(x)
+    for part in name.split("+"):
+        try:
+            fn = CONTEXT_AUGMENTATIONS[part]
+        except KeyError:
+            raise ValueError(f"unknown context augmentation {part!r}; expected one of "
+                             f"{', '.join(CONTEXT_AUGMENTATIONS)}, or several joined by '+'") from None
+        x = fn(x)
+    return x
