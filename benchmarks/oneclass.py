@@ -46,12 +46,12 @@ def write_grid(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
     """The benchmark as a ``con2 sweep`` grid file: the preset, crossed with classes, contexts and seeds."""
     import yaml
 
+    from con2lib.tracking import runs_root
+
     suffix = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
     grid = {"base": str(project_root() / "params" / "presets" / f"{args.preset}.yaml"),
             "overrides": {"dataset": args.dataset, "experiment": f"oneclass-{args.dataset}-{args.preset}", **overrides},
             "grid": {"context": args.contexts, "normal_class": args.classes, "seed": args.seeds}}
-    from con2lib.tracking import runs_root
-
     path = runs_root() / "oneclass" / f"{args.dataset}-{args.preset}{suffix}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(grid, sort_keys=False))

@@ -1,0 +1,60 @@
+"""The one-class benchmark's pieces that need no training: its grid, its baseline and its table."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from conftest import TINY
+
+from benchmarks.oneclass import pixel_knn_auroc, table, write_grid
+from con2lib.config import Config
+from con2lib.sweep import load_sweep
+
+
+def test_the_grid_is_the_preset_crossed_with_contexts_classes_and_seeds(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CON2_RUNS_DIR", str(tmp_path))
+    args = argparse.Namespace(dataset="fashionmnist", preset="cpu", contexts=["invert", "flip"], classes=[0, 3],
+                              seeds=[0, 1])
+    sweep = load_sweep(write_grid(args, {"epochs": 1}))
+    assert len(sweep.points) == 8
+    assert {(p.values["context"], p.values["normal_class"], p.values["seed"]) for p in sweep.points} == {
+        (c, k, s) for c in ("invert", "flip") for k in (0, 3) for s in (0, 1)}
+    cfg = Config.from_params(sweep.points[0].params)
+    assert (cfg.dataset, cfg.experiment, cfg.epochs, cfg.stem, cfg.width) == (
+        "fashionmnist", "oneclass-fashionmnist-cpu", 1, "stride2", 0.25)
+
+
+def test_pixel_knn_uses_the_split_the_run_scores() -> None:
+    from sklearn.metrics import roc_auc_score
+    from sklearn.neighbors import NearestNeighbors
+
+    from con2lib.calibration import split_calibration
+    from con2lib.data import load_dataset
+
+    params = {**TINY, "max_train": 0, "calibration_fraction": 0.2}
+    cfg = Config.from_params(params)
+    data, held_out = split_calibration(load_dataset(cfg), 0.2, cfg.split_seed)
+    assert len(held_out) > 0
+    knn = NearestNeighbors(n_neighbors=1, metric="cosine", algorithm="brute").fit(data.train.flatten(1).numpy())
+    distance, _ = knn.kneighbors(data.test.flatten(1).numpy())
+    expected = roc_auc_score(data.test_labels.numpy(), distance[:, 0])
+    assert pixel_knn_auroc(params) == pytest.approx(expected, abs=1e-6)
+
+
+def test_table_means_over_seeds_then_classes() -> None:
+    results = {(0, "invert", 0): {"auroc_nnd": 0.90, "auroc_lh": 0.80},
+               (0, "invert", 1): {"auroc_nnd": 0.94, "auroc_lh": 0.84},
+               (1, "invert", 0): {"auroc_nnd": 0.70, "auroc_lh": 0.60}}
+    rows = table(results, [0, 1], ["invert"], [0, 1], {0: 0.5, 1: 0.75}, (99.0, 98.0))
+    cells = [r.split(" | ") for r in rows]
+    assert cells[2][1] == "92.0 +- 2.8" and cells[3][1] == "70.0"
+    assert cells[-1][1] == "**81.00**" and cells[-1][2] == "**71.00**"  # (92 + 70) / 2, (82 + 60) / 2
+    assert cells[-1][3] == "-"  # no identity metric in these runs: a gap, not an error
+    assert cells[-1][-2] == "62.50" and cells[-1][-1].startswith("98.50")
+
+
+def test_table_shows_missing_points_as_gaps() -> None:
+    rows = table({}, [0, 1, 2], ["flip"], [0], {i: 0.5 for i in range(3)}, None)
+    assert len(rows) == 2 + 3 + 1
+    assert rows[2].startswith("| 0 | - | - | - | - | 50.0 | - |")
