@@ -73,6 +73,19 @@ def _cell(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.1f}" + (f" +- {100 * std:.1f}" if len(values) > 1 else "")
 
 
+def _values(results: dict[tuple[int, str, int], dict[str, Any]], cls: int, context: str, seeds: list[int],
+            metric: str) -> list[float]:
+    """The metric of every finished seed of one (class, context)."""
+    return [results[cls, context, s][metric] for s in seeds if metric in results.get((cls, context, s), {})]
+
+
+def class_mean(results: dict[tuple[int, str, int], dict[str, Any]], classes: list[int], context: str,
+               seeds: list[int], metric: str) -> float | None:
+    """Mean over classes of each class's mean over seeds (classes without a finished run left out); None if none."""
+    per_class = [statistics.mean(v) for cls in classes if (v := _values(results, cls, context, seeds, metric))]
+    return statistics.mean(per_class) if per_class else None
+
+
 def table(results: dict[tuple[int, str, int], dict[str, Any]], classes: list[int], contexts: list[str],
           seeds: list[int], pixel: dict[int, float], geom: tuple[float, ...] | None) -> list[str]:
     """Markdown rows: per class S_NND / S_LH (8 views and the identity pair) per context, kNN, GEOM."""
@@ -82,15 +95,14 @@ def table(results: dict[tuple[int, str, int], dict[str, Any]], classes: list[int
         cells = [str(cls)]
         for ctx in contexts:
             for m in METRICS[:4]:
-                cells.append(_cell([results[cls, ctx, s][m] for s in seeds if m in results.get((cls, ctx, s), {})]))
+                cells.append(_cell(_values(results, cls, ctx, seeds, m)))
         cells += [f"{100 * pixel[cls]:.1f}", f"{geom[cls]:.1f}" if geom and cls < len(geom) else "-"]
         rows.append("| " + " | ".join(cells) + " |")
     means = ["mean"]
     for ctx in contexts:
         for m in METRICS[:4]:
-            per_class = [statistics.mean(v) for cls in classes
-                         if (v := [results[cls, ctx, s][m] for s in seeds if m in results.get((cls, ctx, s), {})])]
-            means.append(f"**{100 * statistics.mean(per_class):.2f}**" if per_class else "-")
+            mean = class_mean(results, classes, ctx, seeds, m)
+            means.append(f"**{100 * mean:.2f}**" if mean is not None else "-")
     means += [f"{100 * statistics.mean(pixel[c] for c in classes):.2f}",
               f"{statistics.mean(geom[c] for c in classes):.2f}" if geom else "-"]
     rows.append("| " + " | ".join(means) + " |")
@@ -121,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {k: yaml.safe_load(v) for k, v in args.p}
     try:
-        sweep = sw.load_sweep(write_grid(args, overrides))
+        grid = write_grid(args, overrides)
+        sweep = sw.load_sweep(grid)
         experiment = sweep.experiments()[0]
         run_sweep(sweep, LocalBackend(tracking.runs_root() / "sweeps" / sweep.sweep_id, args.workers))
     except (ValueError, RunNotStarted) as err:
@@ -148,18 +161,17 @@ def main(argv: list[str] | None = None) -> int:
              *rows, ""]
     means = {}
     for metric in ("auroc_nnd", "auroc_lh"):
-        per_class = [statistics.mean(r[metric] for (c, ctx, _), r in results.items() if c == cls and ctx == args.contexts[0])
-                     for cls in args.classes if (cls, args.contexts[0]) in {(c, ctx) for c, ctx, _ in results}]
-        means[metric] = 100 * statistics.mean(per_class) if per_class else float("nan")
+        mean = class_mean(results, args.classes, args.contexts[0], args.seeds, metric)
+        means[metric] = 100 * mean if mean is not None else float("nan")
     summary = (f"mean_auroc_nnd={means['auroc_nnd']:.2f} mean_auroc_lh={means['auroc_lh']:.2f} "
                f"minutes_per_run={statistics.mean(minutes) if minutes else float('nan'):.1f}")
     print("\n".join(lines))
-    report = write_grid(args, overrides).with_suffix(".md")
+    report = grid.with_suffix(".md")
     report.write_text("\n".join(lines + [summary]) + "\n")
     with mlflow.start_run(experiment_id=tracking.setup(experiment), run_name=f"oneclass report {sweep.sweep_id}",
                           tags={"report": "oneclass"}):
         mlflow.log_artifact(str(report))
-        mlflow.log_metrics({f"mean_{k}": v for k, v in means.items() if v == v})
+        mlflow.log_metrics({f"mean_{k}": v / 100 for k, v in means.items() if v == v})  # 0..1 like the runs
     print(summary)
     return 0 if len(results) == len(sweep.points) else 1
 

@@ -22,7 +22,7 @@ from con2lib.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import auroc, extract_features, tta_views
-from con2lib.scores import GaussianScorer, nnd_score
+from con2lib.scores import GaussianScorer, nnd_score_views
 from con2lib.train import build_model
 
 
@@ -37,7 +37,7 @@ def shrinkage_aurocs(cfg: Config, state: dict, values: list[float]) -> tuple[flo
     train = extract_features(model.encoder, data.train, views, identity, device)
     test = extract_features(model.encoder, data.test, views, identity, device)
     labels = data.test_labels.numpy()
-    nnd = torch.stack([nnd_score(test[v], train[v]) for v in range(len(views))]).mean(0)
+    nnd = nnd_score_views(test, train)
     lh = [auroc(labels, GaussianScorer(value).fit(train).score(test).mean(0)) for value in values]
     return auroc(labels, nnd), lh
 

@@ -23,7 +23,7 @@ from sklearn.metrics import roc_auc_score
 from con2lib.augment import context_augment, normalize
 from con2lib.config import Config
 from con2lib.data import OneClassData
-from con2lib.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
 from con2lib.train import content_augment_for
 
 
@@ -120,7 +120,7 @@ def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: 
     train = extract_features(encoder, data.train, views, cfg, device)
     test = extract_features(encoder, data.test, views, cfg, device)
     bank = nnd_bank(train)
-    s_nnd = torch.stack([nnd_score(test[v], bank[v]) for v in range(len(views))]).mean(0).cpu()
+    s_nnd = nnd_score_views(test, bank).cpu()
     scorer = GaussianScorer(cfg.lh_shrinkage).fit(train)
     s_lh = scorer.score(test).mean(0).cpu()
     labels = data.test_labels.numpy()

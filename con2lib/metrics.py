@@ -13,7 +13,7 @@ from con2lib.analysis import silhouette_context
 from con2lib.baselines import SSDScorer
 from con2lib.config import Config
 from con2lib.evaluate import Evaluation, auroc
-from con2lib.scores import GaussianScorer, nnd_score
+from con2lib.scores import GaussianScorer, nnd_score, nnd_score_views
 
 
 def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_clusters: int = 1) -> dict[str, float]:
@@ -41,7 +41,7 @@ def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_c
     identity = {}
     if cfg.tta_identity and per > 1:
         first = list(range(0, cfg.n_views, per))
-        nnd_id = torch.stack([nnd_score(test[v], train[v]) for v in first]).mean(0).cpu()
+        nnd_id = nnd_score_views(test[first], train[first]).cpu()
         lh_id = GaussianScorer(cfg.lh_shrinkage).fit(train[first]).score(test[first]).mean(0).cpu()
         identity = {"auroc_nnd_identity": auroc(labels, nnd_id), "auroc_lh_identity": auroc(labels, lh_id)}
     return {

@@ -31,7 +31,7 @@ from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
 from con2lib.evaluate import extract_features, nnd_bank, tta_views
-from con2lib.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
 from con2lib.train import build_model, select_device
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class ScoringModel:
             image (first view); all on the CPU.
         """
         feats = extract_features(self.encoder, images, self.views, self.cfg, self.device)
-        s_nnd = torch.stack([nnd_score(feats[v], self._bank[v]) for v in range(len(self.views))]).mean(0)
+        s_nnd = nnd_score_views(feats, self._bank)
         s_lh = self.gaussian.score(feats).mean(0)
         return {"nnd": s_nnd.cpu(), "lh": s_lh.cpu(), "nearest": nnd_index(feats[0], self._bank[0]).cpu()}
 

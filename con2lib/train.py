@@ -255,10 +255,10 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
         (3,) detached [total, L_context, L_content] on the device.
     """
     cuda = views.device.type == "cuda"
+    if group is not None:
+        views = group.local(views)  # before the layout change: each rank converts only its own slice
     if views.device.type in _CHANNELS_LAST:
         views = views.contiguous(memory_format=torch.channels_last)
-    if group is not None:
-        views = group.local(views)
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cuda):
         _, z_context, z_content = forward(views)
     z_context, z_content = z_context.float(), z_content.float()

@@ -92,3 +92,14 @@ def test_gaussian_errors() -> None:
         GaussianScorer().score(torch.randn(2, 3))
     with pytest.raises(ValueError, match="at least 2"):
         GaussianScorer().fit(torch.randn(1, 3))
+
+
+def test_nnd_score_views_is_the_mean_over_views_of_each_views_own_bank() -> None:
+    from con2lib.scores import nnd_score_views
+
+    torch.manual_seed(0)
+    test, train = torch.randn(3, 7, 5), torch.randn(3, 11, 5)
+    expected = sum(nnd_score(test[v], train[v]) for v in range(3)) / 3
+    assert torch.allclose(nnd_score_views(test, train), expected, atol=1e-6)
+    swapped = nnd_score_views(test, train.flip(0))  # banks of other views: a different score
+    assert not torch.allclose(swapped, expected)

@@ -2,6 +2,6 @@
 
 from con2lib.scores.ann import ann_nnd_score
 from con2lib.scores.gaussian import GaussianScorer
-from con2lib.scores.nnd import nnd_index, nnd_score
+from con2lib.scores.nnd import nnd_index, nnd_score, nnd_score_views
 
-__all__ = ["GaussianScorer", "ann_nnd_score", "nnd_index", "nnd_score"]
+__all__ = ["GaussianScorer", "ann_nnd_score", "nnd_index", "nnd_score", "nnd_score_views"]

@@ -59,6 +59,19 @@ def nnd_score(
     return -best
 
 
+def nnd_score_views(test_features: torch.Tensor, train_features: torch.Tensor) -> torch.Tensor:
+    """S_NND averaged over test-time views (eq. 16): each view's test features against that view's bank.
+
+    Args:
+        test_features: (A, T, D) features of the test images under each of A views.
+        train_features: (A, n, D) features of the training images under the same views.
+
+    Returns:
+        (T,) float32 scores on the features' device.
+    """
+    return torch.stack([nnd_score(test, bank) for test, bank in zip(test_features, train_features, strict=True)]).mean(0)
+
+
 @torch.no_grad()
 def nnd_index(test_features: torch.Tensor, train_features: torch.Tensor, query_chunk: int | None = None,
               bank_chunk: int | None = None) -> torch.Tensor:
