@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,3 +100,18 @@ def module_store(tmp_path_factory: pytest.TempPathFactory, _migrated_db: Path) -
 # Tiny runs train on all max_train=32 images (2 steps per epoch, which tests/test_failures.py counts on):
 # no held-out calibration images (the threshold then falls back to leave-one-out S_NND; con2lib/calibration.py).
 TINY["calibration_fraction"] = 0.0
+
+
+def assert_writer_runs(client: Any, runs: list[Any], n_runs: int, n_params: int, n_metrics: int,
+                       n_steps: int) -> None:
+    """Every concurrent writer's run arrived whole: FINISHED, run ``writer-i`` with params ``p<k>`` = ``i-k``
+    and metric ``m<k>`` = ``i * 1000 + step * 10 + k`` at every step (the stores' concurrency tests)."""
+    assert sorted(r.info.run_name for r in runs) == sorted(f"writer-{i}" for i in range(n_runs))
+    for run in runs:
+        index = int(run.info.run_name.split("-")[1])
+        assert run.info.status == "FINISHED"
+        assert run.data.params == {f"p{k}": f"{index}-{k}" for k in range(n_params)}
+        for k in range(n_metrics):
+            history = client.get_metric_history(run.info.run_id, f"m{k}")
+            assert sorted((m.step, m.value) for m in history) == \
+                [(step, index * 1000 + step * 10 + k) for step in range(n_steps)]

@@ -22,7 +22,7 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from conftest import ROOT, TINY, con2_command, make_experiment, notebook_with_cell
+from conftest import ROOT, TINY, assert_writer_runs, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
 from con2lib import cli, tracking
@@ -240,15 +240,7 @@ def test_eight_concurrent_runs_on_one_sqlite_store_lose_nothing(fast_store, tmp_
     assert [w.exitcode for w in workers] == [0] * N_RUNS
     client = MlflowClient()
     runs = client.search_runs([experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(f"writer-{i}" for i in range(N_RUNS))
-    for run in runs:
-        index = int(run.info.run_name.split("-")[1])
-        assert run.info.status == "FINISHED"
-        assert run.data.params == {f"p{k}": f"{index}-{k}" for k in range(N_PARAMS)}
-        for k in range(N_METRICS):
-            history = client.get_metric_history(run.info.run_id, f"m{k}")
-            assert sorted((m.step, m.value) for m in history) == \
-                [(step, index * 1000 + step * 10 + k) for step in range(N_STEPS)]
+    assert_writer_runs(client, runs, N_RUNS, N_PARAMS, N_METRICS, N_STEPS)
 
 
 # --- real sweeps --------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import assert_writer_runs
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
@@ -151,14 +152,8 @@ def test_concurrent_runs_through_a_postgres_backed_server_lose_nothing(store, se
         thread.join(120)
     assert errors == []
     runs = client.search_runs([experiment_id])
-    assert sorted(r.info.run_name for r in runs) == sorted(f"writer-{i}" for i in range(N_RUNS))
+    assert_writer_runs(client, runs, N_RUNS, N_PARAMS, N_METRICS, N_STEPS)
     for run in runs:
         index = int(run.info.run_name.split("-")[1])
-        assert run.info.status == "FINISHED"
-        assert run.data.params == {f"p{k}": f"{index}-{k}" for k in range(N_PARAMS)}
-        for k in range(N_METRICS):
-            history = client.get_metric_history(run.info.run_id, f"m{k}")
-            assert sorted((m.step, m.value) for m in history) == \
-                [(step, index * 1000 + step * 10 + k) for step in range(N_STEPS)]
         local = client.download_artifacts(run.info.run_id, "notes/run.txt", str(tmp_path))
         assert Path(local).read_text() == f"run {index}\n"
