@@ -6,7 +6,8 @@
 
 Per normal class: runs the check on the normal training images (as the run sees them, at
 ``image_size``), then trains and scores CON2 once per candidate in-process (``run_once`` of
-benchmarks/temperature.py, S_NND AUROC, averaged over ``--seeds``), and prints the check's ranking,
+benchmarks/ablation.py, S_NND AUROC on the validation split carved from the training split unless
+``-p eval_split test``, averaged over ``--seeds``), and prints the check's ranking,
 the AUROC per candidate, the Spearman correlation between check score and AUROC over the candidates,
 and whether the check's pick (what ``context: auto`` would train) is the best-trained context.
 ``rho passing`` is the same correlation among the candidates that pass the check (score >= 0.5):
@@ -29,7 +30,7 @@ import numpy as np
 import yaml
 from scipy.stats import spearmanr
 
-from benchmarks.temperature import run_once
+from benchmarks.ablation import run_once
 from con2lib.config import Config
 from con2lib.contexts import check, recommend
 from con2lib.data import load_dataset
@@ -55,8 +56,8 @@ def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[i
     auroc, secs = dict(known or {}), []
     for name in [c for c in candidates if c not in auroc]:
         runs = [run_once(cfg.replace(context=name, seed=s)) for s in seeds]
-        auroc[name] = float(np.mean([r[0] for r in runs]))
-        secs += [r[2] for r in runs]
+        auroc[name] = float(np.mean([r["nnd"] for r in runs]))
+        secs += [r["seconds"] for r in runs]
     score = table.set_index("candidate")["score"]
     rho = _rho([score[c] for c in candidates], [auroc[c] for c in candidates])
     # the same among the candidates that pass both assumptions: does the check order them, too?
@@ -95,7 +96,7 @@ def main() -> None:
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     args = parser.parse_args()
     known = read_aurocs(args.aurocs)
-    base = {"dataset": args.dataset, **{k: yaml.safe_load(v) for k, v in args.p}}
+    base = {"dataset": args.dataset, "eval_split": "validation", **{k: yaml.safe_load(v) for k, v in args.p}}
     start = time.perf_counter()
     print(f"{args.dataset}, candidates {' '.join(args.candidates)}, seeds {args.seeds}, params {dict(args.p)}, "
           f"check content_hflip {args.content_hflip}")

@@ -12,7 +12,10 @@ over seeds) per context, the un-augmented-pair scores (``_identity``: x and t_c(
 a raw-pixel cosine kNN baseline on the same split and GEOM's published per-class figures, then the
 means over classes, and as its last line, for the first context of ``--contexts``:
 
-    mean_auroc_nnd=<x> mean_auroc_lh=<y> minutes_per_run=<z>
+    mean_auroc_nnd=<x> mean_auroc_lh=<y> mean_auroc_pixel_knn=<p> minutes_per_run=<z>
+
+``--split validation`` scores a validation split carved from the training split instead of the test
+split (``eval_split: validation``): use it to choose, and the default test split to report.
 
 The table is also written as markdown under ``runs/oneclass/`` and logged to a report run.
 The offline Fashion-MNIST copy does not use the official split (../shared/data/README.md), so the
@@ -28,18 +31,24 @@ from pathlib import Path
 from typing import Any
 
 
+from con2lib.baselines import pixel_knn_scores
 from con2lib.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import auroc
 from con2lib.paths import project_root
-from con2lib.scores import nnd_score
 
 # Published one-class Fashion-MNIST mean AUROC (official split): GEOM (Golan & El-Yaniv 2018),
 # OC-SVM on raw pixels and Deep SAD without labels (Ruff et al. 2020).
 ANCHORS = {"GEOM": 93.5, "OC-SVM (raw pixels)": 92.8, "Deep SAD (no labels)": 89.2}
 GEOM_PER_CLASS = {"fashionmnist": (99.4, 97.6, 91.1, 89.9, 92.1, 93.4, 83.3, 98.9, 90.8, 99.2)}
 METRICS = ("auroc_nnd", "auroc_lh", "auroc_nnd_identity", "auroc_lh_identity", "auroc_nnd_notta")
+
+
+def experiment_name(args: argparse.Namespace, overrides: dict[str, Any]) -> str:
+    """``oneclass-<dataset>-<preset>``, with ``-validation`` for validation-split points (kept apart from test figures)."""
+    split = "-validation" if overrides.get("eval_split") == "validation" else ""
+    return f"oneclass-{args.dataset}-{args.preset}{split}"
 
 
 def write_grid(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
@@ -50,7 +59,7 @@ def write_grid(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
 
     suffix = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
     grid = {"base": str(project_root() / "params" / "presets" / f"{args.preset}.yaml"),
-            "overrides": {"dataset": args.dataset, "experiment": f"oneclass-{args.dataset}-{args.preset}", **overrides},
+            "overrides": {"dataset": args.dataset, "experiment": experiment_name(args, overrides), **overrides},
             "grid": {"context": args.contexts, "normal_class": args.classes, "seed": args.seeds}}
     path = runs_root() / "oneclass" / f"{args.dataset}-{args.preset}{suffix}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -59,11 +68,12 @@ def write_grid(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
 
 
 def pixel_knn_auroc(params: dict[str, Any]) -> float:
-    """Raw-pixel cosine kNN (k = 1) on the run's own split: the training bank without the calibration images."""
+    """Raw-pixel cosine kNN (k = 1) on the run's own split: the training bank without the calibration images.
+
+    Runs log the same figure as ``auroc_pixel_knn``; this recomputes it for points without that metric."""
     cfg = Config.from_params(params)
     data, _ = split_calibration(load_dataset(cfg), cfg.calibration_fraction, cfg.split_seed)
-    flat = lambda x: x.flatten(1).float()  # noqa: E731
-    return auroc(data.test_labels, nnd_score(flat(data.test), flat(data.train)))
+    return auroc(data.test_labels, pixel_knn_scores(data.train, data.test))
 
 
 def _cell(values: list[float]) -> str:
@@ -116,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--contexts", nargs="+", default=["invert", "flip"])
+    parser.add_argument("--split", choices=("test", "validation"), default="test",
+                        help="score the test split (reporting) or a validation split carved from the training "
+                             "split (choosing: the test split is not used)")
     parser.add_argument("--workers", type=int, default=1,
                         help="runs at once (con2 sweep's local backend; CPU workers share the cores)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
@@ -131,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     from con2lib.runner import RunNotStarted
     from con2lib.sweep_backends import LocalBackend, run_sweep
 
-    overrides = {k: yaml.safe_load(v) for k, v in args.p}
+    overrides = {**({"eval_split": "validation"} if args.split == "validation" else {}),
+                 **{k: yaml.safe_load(v) for k, v in args.p}}
     try:
         grid = write_grid(args, overrides)
         sweep = sw.load_sweep(grid)
@@ -150,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
             results[point.values["normal_class"], point.values["context"], point.values["seed"]] = {
                 **run.data.metrics, "minutes": minutes}
 
-    pixel = {cls: pixel_knn_auroc(next(p.params for p in sweep.points if p.values["normal_class"] == cls))
+    logged = {cls: r["auroc_pixel_knn"] for (cls, _, _), r in results.items() if "auroc_pixel_knn" in r}
+    pixel = {cls: logged.get(cls) or pixel_knn_auroc(next(p.params for p in sweep.points
+                                                          if p.values["normal_class"] == cls))
              for cls in args.classes}
     rows = table(results, args.classes, args.contexts, args.seeds, pixel, GEOM_PER_CLASS.get(args.dataset))
     anchors = ", ".join(f"{k} {v}" for k, v in ANCHORS.items()) if args.dataset == "fashionmnist" else "none"
@@ -164,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         mean = class_mean(results, args.classes, args.contexts[0], args.seeds, metric)
         means[metric] = 100 * mean if mean is not None else float("nan")
     summary = (f"mean_auroc_nnd={means['auroc_nnd']:.2f} mean_auroc_lh={means['auroc_lh']:.2f} "
+               f"mean_auroc_pixel_knn={100 * statistics.mean(pixel[c] for c in args.classes):.2f} "
                f"minutes_per_run={statistics.mean(minutes) if minutes else float('nan'):.1f}")
     print("\n".join(lines))
     report = grid.with_suffix(".md")

@@ -7,6 +7,10 @@ training bank without the calibration images, as the run scored), extracts the f
 un-augmented views (x and each context copy) and prints the S_LH AUROC for each shrinkage l of
 Sigma_l = (1 - l) Sigma + l tr(Sigma)/D I, with S_NND on the same features beside it, per run and
 averaged over runs.
+
+Choosing a shrinkage is choosing a default: only runs scored on a validation split (``eval_split:
+validation``, e.g. ``python -m benchmarks.oneclass --split validation``) are used, unless
+``--split test`` asks to re-score test-split runs for a report.
 """
 
 from __future__ import annotations
@@ -46,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiment", required=True)
     parser.add_argument("--values", nargs="+", type=float, default=[0.0, 0.01, 0.1, 0.3, 1.0])
+    parser.add_argument("--split", choices=("validation", "test"), default="validation",
+                        help="use the runs scored on this split (validation to choose, test to report)")
     parser.add_argument("--max-runs", type=int, default=0, help="only the first N runs (0 = all)")
     args = parser.parse_args(argv)
 
@@ -60,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs = [r for r in client.search_runs([exp.experiment_id], "attributes.status = 'FINISHED'",
                                           order_by=["attributes.start_time ASC"], max_results=1000)
-            if "auroc_nnd" in r.data.metrics]
+            if "auroc_nnd" in r.data.metrics and r.data.params.get("eval_split", "test") == args.split]
+    if not runs:
+        print(f"error: no finished {args.split}-split run in experiment {args.experiment!r} "
+              f"(validation runs: python -m benchmarks.oneclass --split validation)")
+        return 2
     runs = runs[:args.max_runs] if args.max_runs else runs
     print("run | class | context | S_NND | " + " | ".join(f"S_LH l={v:g}" for v in args.values))
     rows = []

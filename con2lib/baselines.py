@@ -1,6 +1,6 @@
 """Baseline anomaly scores on encoder features, and what the scores cost.
 
-SSD (Sehwag et al., 2021) clusters the normalised features of normal training images with k-means and scores a sample by
+:func:`pixel_knn_scores` is the floor every learned score is shown against. SSD (Sehwag et al., 2021) clusters the normalised features of normal training images with k-means and scores a sample by
 its Mahalanobis distance to the closest cluster. On features of a SimCLR-trained encoder
 (``loss=simclr``) it is the paper's SSD baseline; on CON2 features it is one more score to compare
 with S_NND and S_LH. :func:`time_scores` measures the runtime and memory of S_NND and S_LH as the
@@ -18,6 +18,22 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from torch import nn
+
+from con2lib.scores import nnd_score
+
+
+def pixel_knn_scores(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """The simplest baseline: raw-pixel cosine 1-NN distance (S_NND of eq. 12 with g the identity).
+
+    Args:
+        train: uint8 (n, C, H, W) normal training images (the run's own bank).
+        test: uint8 (T, C, H, W) images to score.
+
+    Returns:
+        float32 (T,) scores, higher = more anomalous. A method that scores below this on the same
+        split has learned less about the normal class than its pixels already tell.
+    """
+    return nnd_score(test.flatten(1).float(), train.flatten(1).float())
 
 
 class SSDScorer(nn.Module):

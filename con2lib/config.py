@@ -20,6 +20,7 @@ MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: comb
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 STEMS = ("auto", "cifar", "stride2", "imagenet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+EVAL_SPLITS = ("test", "validation")  # validation: carved from the training split (choose on it, report test)
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class Config:
     strict: bool = False  # corrupt image files: error instead of skip-with-warning
     cache_dir: str = ""  # decoded-image cache, "" = <project>/.cache/con2
     split_seed: int = 0  # seeded train/test splits and subsets: fixed while the training seed varies
+    eval_split: str = "test"  # "validation": score held-out training images instead (choosing defaults)
+    val_fraction: float = 0.2  # eval_split validation: share of the normal training images held out
     folder_train: str = ""  # dataset "folder": folder of normal training images
     folder_test: str = ""  # dataset "folder": test folder with one sub-folder per class
     folder_normal: tuple[str, ...] = ()  # dataset "folder": normal test sub-folders
@@ -55,6 +58,7 @@ class Config:
 
     # content augmentation (SimCLR set)
     crop_scale_min: float = 0.08
+    hflip_p: float = 0.5
     jitter_strength: float = 0.5
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
@@ -85,6 +89,12 @@ class Config:
 
     def __post_init__(self) -> None:
         _check_choice("dataset", self.dataset, _dataset_names())
+        _check_choice("eval_split", self.eval_split, EVAL_SPLITS)
+        if self.eval_split == "validation" and self.dataset not in _validation_datasets():
+            _fail("eval_split", self.eval_split, f"'test' for data set {self.dataset!r}: a validation split needs "
+                  f"labelled training images of the anomalous classes ({', '.join(_validation_datasets())})")
+        if not 0 < self.val_fraction < 1:
+            _fail("val_fraction", self.val_fraction, "a number in (0, 1)")
         _check_context(self.context)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("stem", self.stem, STEMS)
@@ -112,7 +122,7 @@ class Config:
             _fail("crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
         if self.jitter_strength < 0:
             _fail("jitter_strength", self.jitter_strength, "a number >= 0")
-        for name in ("jitter_p", "grayscale_p", "alpha_start", "alpha_end"):
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "alpha_start", "alpha_end"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 _fail(name, value, "a number in [0, 1]")
@@ -188,6 +198,12 @@ def _dataset_names() -> tuple[str, ...]:
     from con2lib.data import DATASETS  # late import: the registry imports heavy loaders
 
     return tuple(DATASETS)
+
+
+def _validation_datasets() -> tuple[str, ...]:
+    from con2lib.data.base import VALIDATION_DATASETS
+
+    return VALIDATION_DATASETS
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:

@@ -21,6 +21,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from con2lib.augment import context_augment, normalize
+from con2lib.baselines import pixel_knn_scores
 from con2lib.config import Config
 from con2lib.data import OneClassData
 from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
@@ -46,6 +47,7 @@ class Evaluation:
         scores_nnd, scores_lh: (T,) S_NND and S_LH, averaged over the A views.
         nearest: (T,) index of the nearest training image (S_NND, first view).
         auroc_nnd, auroc_lh: AUROCs in [0, 1].
+        auroc_pixel_knn: AUROC of raw-pixel cosine 1-NN on the same split, the floor CON2 is read against.
     """
 
     views: list[View]
@@ -57,6 +59,7 @@ class Evaluation:
     auroc_nnd: float
     auroc_lh: float
     scorer: GaussianScorer
+    auroc_pixel_knn: float = float("nan")
 
 
 def tta_views(cfg: Config) -> list[View]:
@@ -128,4 +131,5 @@ def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: 
         views=views, train_features=train, test_features=test, scores_nnd=s_nnd, scores_lh=s_lh,
         nearest=nnd_index(test[0], bank[0]).cpu(),
         auroc_nnd=auroc(labels, s_nnd), auroc_lh=auroc(labels, s_lh), scorer=scorer,
+        auroc_pixel_knn=auroc(labels, pixel_knn_scores(data.train.to(device), data.test.to(device)).cpu()),
     )

@@ -191,7 +191,8 @@ def _finish(client: Any, run_id: str, out: Path, error: BaseException | None) ->
             client.set_terminated(run_id, "FINISHED")
             status = "FINISHED"
         metrics = client.get_run(run_id).data.metrics
-        shown = ", ".join(f"{k} {100 * metrics[k]:.2f}" for k in ("auroc_nnd", "auroc_lh") if k in metrics)
+        names = {"auroc_nnd": "S_NND", "auroc_lh": "S_LH", "auroc_pixel_knn": "raw-pixel 1-NN (same split)"}
+        shown = ", ".join(f"{v} {100 * metrics[k]:.2f}" for k, v in names.items() if k in metrics)
         print(f"con2 run: finished{': AUROC ' + shown if shown else ''}; open it with `make ui` "
               f"({mlflow.get_tracking_uri()}); model runs:/{run_id}/model", flush=True)
         return status

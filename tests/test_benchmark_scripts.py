@@ -58,3 +58,54 @@ def test_table_shows_missing_points_as_gaps() -> None:
     rows = table({}, [0, 1, 2], ["flip"], [0], {i: 0.5 for i in range(3)}, None)
     assert len(rows) == 2 + 3 + 1
     assert rows[2].startswith("| 0 | - | - | - | - | 50.0 | - |")
+
+
+def test_validation_points_go_to_their_own_experiment(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CON2_RUNS_DIR", str(tmp_path))
+    args = argparse.Namespace(dataset="digits", preset="cpu", contexts=["invert"], classes=[8], seeds=[0])
+    [point] = load_sweep(write_grid(args, {"eval_split": "validation"})).points
+    cfg = Config.from_params(point.params)
+    assert cfg.eval_split == "validation" and cfg.experiment == "oneclass-digits-cpu-validation"
+
+
+def test_every_run_logs_the_pixel_baseline_of_its_own_split() -> None:
+    import torch
+
+    from con2lib.calibration import split_calibration
+    from con2lib.data import load_dataset
+    from con2lib.evaluate import evaluate
+    from con2lib.train import build_model
+
+    params = {**TINY, "eval_split": "validation", "max_train": 0, "max_test": 0}
+    cfg = Config.from_params(params)
+    data, _ = split_calibration(load_dataset(cfg), cfg.calibration_fraction, cfg.split_seed)
+    result = evaluate(cfg, build_model(cfg, 1).encoder, data, torch.device("cpu"))
+    assert result.auroc_pixel_knn == pytest.approx(pixel_knn_auroc(params), abs=1e-9)
+    assert result.auroc_pixel_knn != pytest.approx(pixel_knn_auroc({**params, "eval_split": "test"}), abs=1e-4)
+
+
+def test_ablation_row_reports_means_and_gaps_to_pixels() -> None:
+    from benchmarks.ablation import row
+
+    runs = {0: [{"nnd": 0.9, "lh": 0.8, "pixel": 0.95, "seconds": 1.0}, {"nnd": 0.94, "lh": 0.84, "pixel": 0.95,
+                                                                        "seconds": 3.0}],
+            1: [{"nnd": 0.99, "lh": 0.9, "pixel": 0.97, "seconds": 2.0}]}
+    text, summary = row("v", runs)
+    assert summary["nnd"] == pytest.approx(95.5) and summary["pixel"] == pytest.approx(96.0)
+    assert summary["worst_gap"] == pytest.approx(-3.0)  # class 0: 92 - 95
+    assert text.startswith("| v | 92.0 / 82.0 | 99.0 / 90.0 | **95.50** / 86.00 | 96.00 | -0.50 | -3.00 | 2 |")
+
+
+def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
+    from benchmarks.ablation import variant_configs
+    from con2lib.paths import project_root
+
+    specs = sorted((project_root() / "params" / "ablations").glob("*.yaml"))
+    assert specs
+    for spec in specs:
+        _, _, configs = variant_configs(spec, [0], [0], {})
+        assert configs
+        for per_class in configs.values():
+            assert all(cfg.eval_split == "validation" for cfg in per_class[0])  # choosing never reads the test split
+    _, _, swept = variant_configs(specs[0], [1, 2], [0, 1], {"variants": {"t=1": {"temperature": 1.0}}})
+    assert [c.temperature for c in swept["t=1"][2]] == [1.0, 1.0] and [c.seed for c in swept["t=1"][1]] == [0, 1]

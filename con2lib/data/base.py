@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from con2lib.config import Config
+
+# data sets whose loaders keep labelled training images of every class, so a validation split exists
+VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
@@ -94,11 +100,24 @@ def one_class_split(
     normal: Sequence[int],
     class_names: Sequence[str],
     info: dict[str, Any],
+    validation: float = 0.0,
+    seed: int = 0,
 ) -> OneClassData:
-    """Keeps the normal classes' training images; labels test images of every other class anomalous."""
+    """Keeps the normal classes' training images; labels test images of every other class anomalous.
+
+    With ``validation`` > 0 the test split is not used at all: the returned "test" set is a
+    validation set carved from the training split (see :func:`validation_split`), so that defaults
+    are chosen without touching the figures that are reported.
+    """
     normal_idx = sorted(set(int(i) for i in normal))
-    train_mask = np.isin(train_classes, normal_idx)
+    train_classes = np.asarray(train_classes, dtype=np.int64)
     test_classes = np.asarray(test_classes, dtype=np.int64)
+    if validation > 0:
+        ratio = float(np.isin(test_classes, normal_idx, invert=True).sum()) / max(1, int(np.isin(test_classes, normal_idx).sum()))
+        train_images, test_images, train_classes, test_classes, val_info = validation_split(
+            train_images, train_classes, normal_idx, validation, ratio, seed)
+        info = {**info, **val_info}
+    train_mask = np.isin(train_classes, normal_idx)
     labels = (~np.isin(test_classes, normal_idx)).astype(np.int64)
     return OneClassData(
         train=train_images[torch.from_numpy(train_mask)],
@@ -110,6 +129,47 @@ def one_class_split(
         anomalous_classes=tuple(n for i, n in enumerate(class_names) if i not in normal_idx),
         info=info,
     )
+
+
+def validation_args(cfg: Config) -> tuple[float, int]:
+    """``(validation fraction, seed)`` for :func:`one_class_split`: 0 unless ``eval_split`` is validation."""
+    return (cfg.val_fraction if cfg.eval_split == "validation" else 0.0), cfg.split_seed
+
+
+def validation_split(
+    images: torch.Tensor, classes: np.ndarray, normal: Sequence[int], fraction: float, anomaly_ratio: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, dict[str, Any]]:
+    """A validation split from the training split alone: the test split is never read.
+
+    A seeded ``fraction`` of the normal classes' training images is held out as validation normals;
+    validation anomalies are a seeded sample of the other classes' training images, as many as
+    ``anomaly_ratio`` times the normals (the test split's ratio, so validation AUROCs are as noisy
+    as test ones), drawn evenly from each anomalous class.
+
+    Args:
+        images: uint8 (N, C, H, W) training images of every class.
+        classes: (N,) their class indices.
+        normal: the normal class indices.
+        fraction: share of each normal class held out, in (0, 1).
+        anomaly_ratio: validation anomalies per validation normal.
+        seed: ``split_seed``.
+
+    Returns:
+        (training images, validation images, their classes, validation classes, info for the run's params).
+    """
+    rng = np.random.default_rng([seed, 0x7A1])  # a stream of its own: split_seed also seeds other draws
+    is_normal = np.isin(classes, normal)
+    normal_rows = np.flatnonzero(is_normal)
+    held = rng.permutation(normal_rows)[: max(1, round(fraction * len(normal_rows)))]
+    others = sorted(set(classes[~is_normal].tolist()))
+    per_class = max(1, round(anomaly_ratio * len(held) / max(1, len(others))))
+    anomalies = [rng.permutation(np.flatnonzero(classes == c))[:per_class] for c in others]
+    val_rows = np.sort(np.concatenate([held, *anomalies]).astype(np.int64))
+    train_rows = np.setdiff1d(normal_rows, held)
+    info = {"eval_split": "validation (from the training split; no test image is used)",
+            "val_fraction": fraction, "val_normal": len(held), "val_anomalous": len(val_rows) - len(held)}
+    return (images[torch.from_numpy(train_rows)], images[torch.from_numpy(val_rows)], classes[train_rows],
+            classes[val_rows], info)
 
 
 def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> OneClassData:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from con2lib.data.base import OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8
+from con2lib.data.base import (OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8,
+                              validation_args)
 from con2lib.data.images import Preprocess, list_images
 from con2lib.data.splits import (
     PAPER_CROP_RATIO,
@@ -58,7 +59,7 @@ def load_cifar100(cfg: Config) -> OneClassData:
         arrays[split] = (images, labels)
     info = {"source": str(base), "split": "official train/test", "classes": "20 coarse superclasses",
             "preprocessing": f"resize to {cfg.image_size}x{cfg.image_size}", "channels": 3, "skipped_files": []}
-    return one_class_split(*arrays["train"], *arrays["test"], [normal], names, info)
+    return one_class_split(*arrays["train"], *arrays["test"], [normal], names, info, *validation_args(cfg))
 
 
 def load_imagenet30(cfg: Config) -> OneClassData:

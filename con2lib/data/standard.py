@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from con2lib.data.base import OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8
+from con2lib.data.base import (OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8,
+                              validation_args)
 from con2lib.paths import resolve
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def load_digits(cfg: Config) -> OneClassData:
     return one_class_split(
         resize_uint8(to_nchw_uint8(x_train), cfg.image_size), y_train,
         resize_uint8(to_nchw_uint8(x_test), cfg.image_size), y_test,
-        [normal], names, info,
+        [normal], names, info, *validation_args(cfg),
     )
 
 
@@ -66,7 +67,7 @@ def load_torchvision(cfg: Config) -> OneClassData:
     return one_class_split(
         resize_uint8(to_nchw_uint8(_array(train.data)), cfg.image_size), _array(train.targets),
         resize_uint8(to_nchw_uint8(_array(test.data)), cfg.image_size), _array(test.targets),
-        [normal], names, info,
+        [normal], names, info, *validation_args(cfg),
     )
 
 
