@@ -109,3 +109,17 @@ def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
             assert all(cfg.eval_split == "validation" for cfg in per_class[0])  # choosing never reads the test split
     _, _, swept = variant_configs(specs[0], [1, 2], [0, 1], {"variants": {"t=1": {"temperature": 1.0}}})
     assert [c.temperature for c in swept["t=1"][2]] == [1.0, 1.0] and [c.seed for c in swept["t=1"][1]] == [0, 1]
+
+
+def test_pixel_baseline_in_blocks_equals_one_block(monkeypatch) -> None:
+    import torch
+
+    import con2lib.baselines as baselines
+    from con2lib.scores import nnd_score
+
+    gen = torch.Generator().manual_seed(0)
+    train = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    test = torch.randint(0, 256, (130, 1, 8, 8), dtype=torch.uint8, generator=gen)
+    whole = nnd_score(test.flatten(1).float(), train.flatten(1).float())
+    monkeypatch.setattr(baselines, "_PIXEL_BLOCK_BYTES", 4 * 64 * 70)  # 70-row blocks: several on each side
+    torch.testing.assert_close(baselines.pixel_knn_scores(train, test), whole)
