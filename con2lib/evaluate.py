@@ -74,7 +74,7 @@ def tta_views(cfg: Config) -> list[View]:
     ``tta: 0`` is one un-augmented view per scored context, whatever ``tta_identity`` says.
     """
     per = cfg.views_per_context
-    names = (("",) + cfg.contexts)[:cfg.scored_contexts]
+    names = ("",) + cfg.contexts  # SimCLR: views_per_context = A, so every view is of x
     return [View(context=names[i // per], augment=cfg.tta > 0 and not (cfg.tta_identity and i % per == 0),
                  seed=cfg.seed * 1000 + i) for i in range(cfg.n_views)]
 
