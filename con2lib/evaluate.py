@@ -79,7 +79,7 @@ def tta_views(cfg: Config) -> list[View]:
                  seed=cfg.seed * 1000 + i) for i in range(cfg.n_views)]
 
 
-def plain_view_indices(cfg: Config) -> list[int | None]:
+def _plain_view_indices(cfg: Config) -> list[int | None]:
     """Which scored views are the un-augmented x and first context copy (None: not among them)."""
     views, ctx = tta_views(cfg), cfg.context_view
     first = 0 if not views[0].augment else None
@@ -159,7 +159,7 @@ def _plain_features(cfg: Config, encoder: torch.nn.Module, data: OneClassData, t
     out = []
     for images, scored in ((data.train, train), (data.test, test)):
         pair = []
-        for index, context in zip(plain_view_indices(cfg), ("", cfg.contexts[0]), strict=True):
+        for index, context in zip(_plain_view_indices(cfg), ("", cfg.contexts[0]), strict=True):
             if index is not None:
                 pair.append(scored[index])
             else:

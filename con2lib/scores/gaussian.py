@@ -125,8 +125,13 @@ class GaussianScorer(nn.Module):
         scale = _mean_variance(cov)
         cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
         # eq. 14's plain covariance is singular for n <= D: the smallest ridge that makes it invertible
-        self.ridge = smallest_ridge(cov, self.shrinkage)
-        chol = torch.linalg.cholesky(cov + self.ridge * scale * eye)
+        start = _RIDGES.index(smallest_ridge(cov, self.shrinkage))
+        for self.ridge in _RIDGES[start:]:  # at the rank tolerance's edge Cholesky may still fail: one step up
+            chol, info = torch.linalg.cholesky_ex(cov + self.ridge * scale * eye)
+            if not bool(info.any()):
+                break
+        else:
+            raise ValueError("the S_LH covariance is not positive definite with any ridge (non-finite features?)")
         self.mean = mean
         self.cholesky = chol
         self.log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
