@@ -62,6 +62,7 @@ class Config:
     jitter_strength: float = 0.5
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    blur_p: float = 0.0  # Gaussian blur probability (SimCLR's ImageNet recipe: 0.5; params/paper_imagenet.yaml)
 
     # optimisation
     epochs: int = 30
@@ -105,9 +106,10 @@ class Config:
         _check_positive("checkpoint_every", self.checkpoint_every)
         if self.batch_size < 2:
             _fail("batch_size", self.batch_size, "an integer >= 2 (contrastive losses need negatives)")
-        if self.tta < 0 or self.tta % self.n_contexts:
-            _fail("tta", self.tta, f"a positive multiple of the {self.n_contexts} contexts (x and each context "
-                  "copy get the same number of views), or 0 for one un-augmented view per context")
+        if self.tta < 0 or self.tta % self.scored_contexts:
+            _fail("tta", self.tta, f"a positive multiple of the {self.scored_contexts} contexts (x and each "
+                  "context copy get the same number of views; SimCLR scores x only), or 0 for one un-augmented "
+                  "view per scored context")
         if self.image_size < 8:
             _fail("image_size", self.image_size, "an integer >= 8 (random resized crops need pixels)")
         if not self.temperature > 0:
@@ -122,7 +124,7 @@ class Config:
             _fail("crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
         if self.jitter_strength < 0:
             _fail("jitter_strength", self.jitter_strength, "a number >= 0")
-        for name in ("hflip_p", "jitter_p", "grayscale_p", "alpha_start", "alpha_end"):
+        for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "alpha_start", "alpha_end"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 _fail(name, value, "a number in [0, 1]")
@@ -150,14 +152,25 @@ class Config:
         return len(self.contexts) + 1
 
     @property
+    def scored_contexts(self) -> int:
+        """Contexts the test-time views score: all ``n_contexts`` for CON2 and its ablations, 1 (x only)
+        for the SimCLR baseline, which never trains on context copies (paper Table 1: kNN on SimCLR features)."""
+        return 1 if self.loss == "simclr" else self.n_contexts
+
+    @property
     def views_per_context(self) -> int:
-        """Test-time views of x and of each context copy: view ``k * views_per_context`` is context k's first."""
-        return self.n_views // self.n_contexts
+        """Test-time views of x and of each scored context copy: view ``k * views_per_context`` is context k's first."""
+        return self.n_views // self.scored_contexts
+
+    @property
+    def context_view(self) -> int | None:
+        """Index of the first view of the (first) context copy; None when only x is scored (SimCLR)."""
+        return self.views_per_context if self.scored_contexts > 1 else None
 
     @property
     def n_views(self) -> int:
-        """A, the test-time views of eq. 16: ``tta``, or one per context for ``tta: 0``."""
-        return self.tta or self.n_contexts
+        """A, the test-time views of eq. 16: ``tta``, or one per scored context for ``tta: 0``."""
+        return self.tta or self.scored_contexts
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> Config:

@@ -2,10 +2,14 @@
 
 View i of A test-time augmentations scores x itself for i < A/K and the context copies for the
 rest, A/K views per context (K = 2 for CON2: half of the views see x, half x^c; K up to 8 with several
-contexts, appendix E.2). Each view is one fixed transformation: its random content-augmentation parameters are
+contexts, appendix E.2; K = 1 for the SimCLR baseline, which never trains on context copies and is
+scored on x only, as the paper's kNN-on-SimCLR baseline). Each view is one fixed transformation: its random content-augmentation parameters are
 drawn once (seeded) and applied to every image, training bank and test set alike, so that a test
 feature is compared with training features "under the same augmentation" (eq. 12). With
-``tta_identity`` the first view of each context is the un-augmented image (or context copy).
+``tta_identity`` the first view of each context is the un-augmented image (or context copy); the
+paper's files turn it off, so that all A views are draws from T. The un-augmented pair (x, x^c) is
+kept apart for the diagnostics (no-TTA scores, silhouette, Figure 1), extracted once more only
+when no scored view is that pair.
 
 Speed: features are extracted in batches on the device (augmentations included, bf16 autocast on
 CUDA); S_NND runs blocked with a float16 bank on CUDA (:func:`nnd_bank`), S_LH as batched matrix
@@ -44,6 +48,9 @@ class Evaluation:
     Attributes:
         train_features: float (A, n, F) training-bank features per view.
         test_features: float (A, T, F) test features per view.
+        plain_train: float (2, n, F) features of the un-augmented x and first context copy x^c.
+        plain_test: float (2, T, F) the same for the test images (diagnostics only, never scored
+            for SimCLR).
         scores_nnd, scores_lh: (T,) S_NND and S_LH, averaged over the A views.
         nearest: (T,) index of the nearest training image (S_NND, first view).
         auroc_nnd, auroc_lh: AUROCs in [0, 1].
@@ -53,6 +60,8 @@ class Evaluation:
     views: list[View]
     train_features: torch.Tensor
     test_features: torch.Tensor
+    plain_train: torch.Tensor
+    plain_test: torch.Tensor
     scores_nnd: torch.Tensor
     scores_lh: torch.Tensor
     nearest: torch.Tensor
@@ -63,11 +72,21 @@ class Evaluation:
 
 
 def tta_views(cfg: Config) -> list[View]:
-    """The A views of eq. 16: A/K of x, then A/K of each context copy (``cfg.views_per_context``)."""
+    """The A views of eq. 16: A/K of x, then A/K of each scored context copy (``cfg.views_per_context``).
+
+    ``tta: 0`` is one un-augmented view per scored context, whatever ``tta_identity`` says.
+    """
     per = cfg.views_per_context
-    names = ("",) + cfg.contexts
-    return [View(context=names[i // per], augment=not (cfg.tta_identity and i % per == 0), seed=cfg.seed * 1000 + i)
-            for i in range(cfg.n_views)]
+    names = ("",) + cfg.contexts  # SimCLR: views_per_context = A, so every view is of x
+    return [View(context=names[i // per], augment=cfg.tta > 0 and not (cfg.tta_identity and i % per == 0),
+                 seed=cfg.seed * 1000 + i) for i in range(cfg.n_views)]
+
+
+def _plain_view_indices(cfg: Config) -> list[int | None]:
+    """Which scored views are the un-augmented x and first context copy (None: not among them)."""
+    views, ctx = tta_views(cfg), cfg.context_view
+    first = 0 if not views[0].augment else None
+    return [first, ctx if ctx is not None and not views[ctx].augment else None]
 
 
 @torch.no_grad()
@@ -122,14 +141,32 @@ def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: 
     views = tta_views(cfg)
     train = extract_features(encoder, data.train, views, cfg, device)
     test = extract_features(encoder, data.test, views, cfg, device)
+    plain_train, plain_test = _plain_features(cfg, encoder, data, train, test, device)
     bank = nnd_bank(train)
     s_nnd = nnd_score_views(test, bank).cpu()
     scorer = GaussianScorer(cfg.lh_shrinkage).fit(train)
     s_lh = scorer.score(test).mean(0).cpu()
     labels = data.test_labels.numpy()
     return Evaluation(
-        views=views, train_features=train, test_features=test, scores_nnd=s_nnd, scores_lh=s_lh,
+        views=views, train_features=train, test_features=test, plain_train=plain_train, plain_test=plain_test,
+        scores_nnd=s_nnd, scores_lh=s_lh,
         nearest=nnd_index(test[0], bank[0]).cpu(),
         auroc_nnd=auroc(labels, s_nnd), auroc_lh=auroc(labels, s_lh), scorer=scorer,
         auroc_pixel_knn=auroc(labels, pixel_knn_scores(data.train.to(device), data.test.to(device)).cpu()),
     )
+
+
+def _plain_features(cfg: Config, encoder: torch.nn.Module, data: OneClassData, train: torch.Tensor,
+                    test: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2, n, F) and (2, T, F) features of the un-augmented x and x^c: scored views where they are
+    among them (``tta_identity``), else extracted (an extra view costs one pass over the images)."""
+    out = []
+    for images, scored in ((data.train, train), (data.test, test)):
+        pair = []
+        for index, context in zip(_plain_view_indices(cfg), ("", cfg.contexts[0]), strict=True):
+            if index is not None:
+                pair.append(scored[index])
+            else:
+                pair.append(extract_features(encoder, images, [View(context, False, 0)], cfg, device)[0])
+        out.append(torch.stack(pair))
+    return out[0], out[1]

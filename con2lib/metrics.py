@@ -26,17 +26,18 @@ def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_c
         ssd_clusters: k-means clusters of the SSD baseline (1 in the one-class setting).
 
     Returns:
-        ``auroc_nnd_notta`` / ``auroc_lh_notta`` (first view only: the un-augmented image with
-        ``tta_identity``), ``auroc_ssd`` (SSD on the same views, averaged like eq. 16) and
-        ``silhouette_context`` (test features of x against those of its first context copy); with
+        ``auroc_nnd_notta`` / ``auroc_lh_notta`` (the un-augmented image x only), ``auroc_ssd`` (SSD
+        on the scored views, averaged like eq. 16: x only for SimCLR) and ``silhouette_context``
+        (un-augmented test features of x against those of its first context copy); with
         ``tta_identity`` and more than one view per context also ``auroc_nnd_identity`` /
         ``auroc_lh_identity``: the un-augmented views only (x and its context copies), which equals
         the score of ``tta`` = number of contexts for the same model, so one run measures both.
     """
     train, test = result.train_features, result.test_features
     per = cfg.views_per_context  # view k * per: the un-augmented copy in context k (with tta_identity)
-    nnd0 = nnd_score(test[0], train[0]).cpu()
-    lh0 = GaussianScorer(cfg.lh_shrinkage).fit(train[0]).score(test[0]).cpu()
+    # without TTA: the un-augmented x (view 0 with tta_identity; extracted apart when every view is augmented)
+    nnd0 = nnd_score(result.plain_test[0], result.plain_train[0]).cpu()
+    lh0 = GaussianScorer(cfg.lh_shrinkage).fit(result.plain_train[0]).score(result.plain_test[0]).cpu()
     ssd = SSDScorer(cfg.lh_shrinkage).fit(train, n_clusters=ssd_clusters, seed=cfg.seed).score(test).mean(0).cpu()
     identity = {}
     if cfg.tta_identity and per > 1:
@@ -49,5 +50,5 @@ def run_diagnostics(cfg: Config, result: Evaluation, labels: torch.Tensor, ssd_c
         "auroc_nnd_notta": auroc(labels, nnd0),
         "auroc_lh_notta": auroc(labels, lh0),
         "auroc_ssd": auroc(labels, ssd),
-        "silhouette_context": silhouette_context(test[0], test[per], seed=cfg.seed),
+        "silhouette_context": silhouette_context(result.plain_test[0], result.plain_test[1], seed=cfg.seed),
     }

@@ -101,6 +101,11 @@ class ScoringModel:
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"CON2 model state format {state.get('format')!r}; this con2lib reads {STATE_FORMAT}")
         cfg = Config.from_params(state["config"])
+        views = [[v.context, v.augment, v.seed] for v in tta_views(cfg)]
+        if state.get("views", views) != views or ("views" not in state and _views_changed(cfg)):
+            raise ValueError("this model's training bank was built with other test-time views than this con2lib "
+                             "uses for its config (SimCLR scores x only, tta 0 is un-augmented since issue 14): "
+                             "train it again")
         prep = Preprocess(**state["preprocess"])
         encoder = build_model(cfg, prep.channels).encoder
         encoder.load_state_dict(state["encoder"])
@@ -118,7 +123,8 @@ class ScoringModel:
                 "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
                 "bank": self.bank.detach().float().cpu().contiguous(),
                 "scorer": {k: v.cpu() for k, v in self.gaussian.state_dict().items()},
-                "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source}
+                "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source,
+                "views": [[v.context, v.augment, v.seed] for v in self.views]}
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -279,3 +285,9 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
             code_paths=[str(Path(__file__).resolve().parent)], pip_requirements=pip_requirements(),
             model_config={"score": score, "device": "auto"}, signature=False,
         )
+
+
+def _views_changed(cfg: Config) -> bool:
+    """A model saved without its views (before issue 14) whose views differ now: SimCLR scored the
+    context copies, and ``tta: 0`` with ``tta_identity`` off was augmented."""
+    return cfg.loss == "simclr" or (cfg.tta == 0 and not cfg.tta_identity)

@@ -88,7 +88,8 @@ def build_model(cfg: Config, in_channels: int) -> Con2Model:
 def content_augment_for(cfg: Config) -> ContentAugment:
     """The SimCLR content augmentation with the config's strengths."""
     return ContentAugment(size=cfg.image_size, crop_scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p,
-                          jitter_strength=cfg.jitter_strength, jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p)
+                          jitter_strength=cfg.jitter_strength, jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p,
+                          blur_p=cfg.blur_p)
 
 
 def make_views(x: torch.Tensor, cfg: Config, augment: ContentAugment,

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 import con2lib.data.images as images_mod
 import con2lib.data.medmnist as medmnist_mod
+from con2lib.cli import load_params
 from con2lib.config import Config
 from con2lib.data import DATASETS, OneClassData, SkippedImageWarning, load_dataset
 from con2lib.data.images import Preprocess, convert_mode, decode_file
@@ -324,8 +324,7 @@ def test_every_params_file_is_a_valid_config() -> None:
     files = sorted(p for p in (ROOT / "params").glob("*/*.yaml") if p.parent.name not in ("sweeps", "presets"))
     seen = set()
     for path in files:
-        params = yaml.safe_load(path.read_text())
-        cfg = Config.from_params(params)
+        cfg = Config.from_params(load_params(path))  # extends: paper.yaml (the protocol, tests/test_paper.py)
         assert cfg.dataset == path.parent.name and cfg.context == path.stem and cfg.experiment == cfg.dataset
         seen.add(cfg.dataset)
     assert seen >= set(CASES) | {"cifar10"}

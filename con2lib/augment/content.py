@@ -13,7 +13,12 @@ per-sample Python loop:
    per-image scalars; saturation and hue are each one per-image 3x3 colour matrix applied with one
    batched matrix product;
 3. grayscale with probability ``grayscale_p`` per image (colour images only): one more per-image
-   3x3 matrix (luma weights in every row, or the identity).
+   3x3 matrix (luma weights in every row, or the identity);
+4. Gaussian blur with probability ``blur_p`` per image (SimCLR's ImageNet recipe: p 0.5, sigma in
+   [0.1, 2] px, kernel 10% of the image side): two depthwise convolutions (rows, then columns) with
+   one kernel per image; images not blurred get the one-tap identity kernel, so no image is
+   selected (no device synchronisation). Off (``blur_p`` 0) it draws no random numbers: the other
+   parameters stay those of a pipeline without blur.
 
 On CPU the three steps run on groups of images of about 4 MB of output at a time (a loop over
 groups, not samples), so that the element-wise colour passes hit the cache; the random parameters
@@ -65,7 +70,7 @@ def _mix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ContentAugment:
-    """SimCLR augmentations: random resized crop, horizontal flip, colour jitter, grayscale.
+    """SimCLR augmentations: random resized crop, horizontal flip, colour jitter, grayscale, blur.
 
     Args:
         size: output height and width.
@@ -76,6 +81,9 @@ class ContentAugment:
             in [1 - 0.8 s, 1 + 0.8 s], hue shift in [-0.2 s, 0.2 s] turns.
         jitter_p: probability that colour jitter is applied to an image.
         grayscale_p: probability that an image is turned to grayscale (colour images only).
+        blur_p: probability of a Gaussian blur (sigma uniform in ``blur_sigma``, kernel side
+            ``size // 10`` rounded to odd, reflect padding as torchvision's GaussianBlur).
+        blur_sigma: range of the blur's standard deviation in output pixels.
     """
 
     size: int
@@ -85,6 +93,8 @@ class ContentAugment:
     jitter_strength: float = 0.5
     jitter_p: float = 0.8
     grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None, shared: bool = False,
                  index: torch.Tensor | None = None, normalized: bool = False) -> torch.Tensor:
@@ -104,7 +114,9 @@ class ContentAugment:
         b = x.shape[0] if index is None else len(index)
         n = 1 if shared else b
         # columns: crop area, ratio, x, y, flip | brightness, contrast, saturation, hue, jitter on | gray
-        u = torch.rand(n, 11, device=x.device, dtype=torch.float32, generator=generator).expand(b, 11)
+        # | blur on, blur sigma (only with blur: without it the draws equal those of the blur-free pipeline)
+        cols = 13 if self.blur_p > 0 else 11
+        u = torch.rand(n, cols, device=x.device, dtype=torch.float32, generator=generator).expand(b, cols)
         group = b
         if x.device.type == "cpu":
             # a few images at a time, so that the ~10 element-wise passes of the colour operations run on
@@ -127,6 +139,8 @@ class ContentAugment:
             luma = x.new_tensor(_GRAY).expand(3, 3)
             eye = torch.eye(3, device=x.device, dtype=x.dtype)
             x = _mix(torch.where(gray, luma, eye), x)  # rows of luma weights sum to 1: stays in [0, 1]
+        if self.blur_p > 0:
+            x = self._blur(x, u[:, 11], u[:, 12])
         # x is a new tensor here (grid_sample's or bmm's output): normalise in place, as normalize() does
         return x.mul_(2.0).sub_(1.0) if normalized else x
 
@@ -151,6 +165,30 @@ class ContentAugment:
         grid = torch.stack([gx[:, None, :].expand(b, s, s), gy[:, :, None].expand(b, s, s)], dim=-1)
         # sample points lie inside the image, so "border" equals "reflection" here, and is cheaper
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _blur(self, x: torch.Tensor, on: torch.Tensor, us: torch.Tensor) -> torch.Tensor:
+        """Per-image Gaussian blur: (B, C, S, S) -> same, images with ``on >= blur_p`` unchanged.
+
+        The kernel exp(-k^2 / (2 sigma^2)) / sum, k in [-r, r], r = (size // 10) // 2 (SimCLR's
+        kernel of 10% of the side), is separable: a horizontal then a vertical depthwise convolution,
+        one group per (image, channel).
+        """
+        radius = (self.size // 10) // 2
+        if radius == 0:
+            return x  # a one-tap kernel: nothing to blur at under 20 px
+        lo, hi = self.blur_sigma
+        sigma = (lo + (hi - lo) * us).to(x.dtype)
+        taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+        kernel = torch.exp(-taps[None, :] ** 2 / (2 * sigma[:, None] ** 2))
+        kernel = kernel / kernel.sum(1, keepdim=True)  # (B, 2r + 1)
+        identity = (taps == 0).to(x.dtype).expand_as(kernel)
+        kernel = torch.where((on < self.blur_p)[:, None], kernel, identity)
+        b, c, h, w = x.shape
+        weight = kernel.repeat_interleave(c, dim=0)  # (B * C, 2r + 1): one group per image channel
+        flat = x.reshape(1, b * c, h, w)
+        flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), weight[:, None, None, :], groups=b * c)
+        flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), weight[:, None, :, None], groups=b * c)
+        return flat.view(b, c, h, w)
 
     def _jitter(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         s = self.jitter_strength

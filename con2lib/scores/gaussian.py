@@ -5,6 +5,14 @@ training features n and queries T): two passes accumulate the mean and the centr
 (products in the features' precision, at least float32; sums, covariance, Cholesky factor and
 scores in float64), the Cholesky factor replaces the inverse, and scoring is one triangular solve
 per chunk.
+
+The paper's S_LH (eq. 14) uses the plain empirical covariance (``shrinkage`` 0). Where that is
+singular (fewer training images than feature dimensions, e.g. BreastMNIST's 399 against 512), the
+smallest ridge that makes it invertible is added: the first of 0, 1e-12, 1e-11, ..., 1 (times
+the mean variance trace(Sigma) / D) for which every fitted covariance is numerically full rank in
+float64 (smallest eigenvalue above D * eps * the largest, numpy's ``matrix_rank`` tolerance). The
+relative ridge is ``GaussianScorer.ridge`` (logged as the param ``lh_ridge``); with shrinkage > 0
+the covariance is provably full rank and the ridge is 0 without an eigendecomposition.
 """
 
 from __future__ import annotations
@@ -17,6 +25,37 @@ from torch import nn
 
 # rows per chunk in fit and score: a (16384, D) temporary, 32 MB (float32) at D = 512
 _ROWS = 16384
+_RIDGES = (0.0,) + tuple(10.0**k for k in range(-12, 1))  # ridge ladder, relative to the mean variance
+_EPS = torch.finfo(torch.float64).eps
+
+
+def smallest_ridge(cov: torch.Tensor, shrinkage: float = 0.0) -> float:
+    """The smallest ladder ridge r making every ``cov + r * mean_variance * I`` numerically invertible.
+
+    Args:
+        cov: float64 (..., D, D) symmetric positive semi-definite covariances.
+        shrinkage: the shrinkage already applied to ``cov``; above D**2 * eps its eigenvalues are at
+            least shrinkage * mean_variance >= shrinkage * lambda_max / D, so 0 is returned at once.
+
+    Returns:
+        r in :data:`_RIDGES`, relative to each covariance's mean variance trace / D (one r for all).
+    """
+    d = cov.shape[-1]
+    tol = d * _EPS  # numpy.linalg.matrix_rank's relative tolerance
+    if shrinkage > d * tol:
+        return 0.0
+    eig = torch.linalg.eigvalsh(cov)  # (..., D) ascending
+    scale = _mean_variance(cov)[..., 0, 0]
+    for ridge in _RIDGES:
+        add = ridge * scale
+        if bool(((eig[..., 0] + add) > tol * (eig[..., -1] + add)).all()):
+            return ridge
+    raise ValueError("no ridge up to the mean variance makes the S_LH covariance invertible (non-finite features?)")
+
+
+def _mean_variance(cov: torch.Tensor) -> torch.Tensor:
+    """(..., 1, 1) trace / D, floored so that a zero covariance (identical features) still gets a ridge."""
+    return cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)[..., None, None]
 
 
 def _unit(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -34,8 +73,8 @@ class GaussianScorer(nn.Module):
 
     Args:
         shrinkage: lambda in [0, 1]; the covariance used is (1 - lambda) * Sigma +
-            lambda * (trace(Sigma) / D) * I. Needed whenever n <= D (Sigma is then singular) and
-            helpful for small n; 0 gives the plain empirical covariance of eq. 14.
+            lambda * (trace(Sigma) / D) * I. Helpful for small n; 0 gives the plain empirical
+            covariance of eq. 14 (plus the smallest invertible ridge where it is singular).
     """
 
     def __init__(self, shrinkage: float = 0.1) -> None:
@@ -43,6 +82,7 @@ class GaussianScorer(nn.Module):
         if not 0 <= shrinkage <= 1:
             raise ValueError(f"shrinkage={shrinkage!r} must lie in [0, 1]")
         self.shrinkage = shrinkage
+        self.ridge = 0.0  # set by fit: not a buffer, the Cholesky factor already holds it
         self.register_buffer("mean", torch.empty(0))
         self.register_buffer("cholesky", torch.empty(0))
         self.register_buffer("log_det", torch.empty(0))
@@ -55,7 +95,7 @@ class GaussianScorer(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fit(self, train_features: torch.Tensor) -> GaussianScorer:
-        """Estimates mean and shrunk covariance.
+        """Estimates mean and (shrunk) covariance; sets ``ridge``.
 
         Args:
             train_features: (..., n, D) features of normal training images, n >= 2.
@@ -82,11 +122,16 @@ class GaussianScorer(nn.Module):
         mean = mean.squeeze(-2)
         cov = gram / (n - 1)
         eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+        scale = _mean_variance(cov)
         cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
-        # a floor keeps Cholesky defined for shrinkage 0 and degenerate features
-        cov = cov + 1e-9 * scale.clamp(min=1e-12) * eye
-        chol = torch.linalg.cholesky(cov)
+        # eq. 14's plain covariance is singular for n <= D: the smallest ridge that makes it invertible
+        start = _RIDGES.index(smallest_ridge(cov, self.shrinkage))
+        for self.ridge in _RIDGES[start:]:  # at the rank tolerance's edge Cholesky may still fail: one step up
+            chol, info = torch.linalg.cholesky_ex(cov + self.ridge * scale * eye)
+            if not bool(info.any()):
+                break
+        else:
+            raise ValueError("the S_LH covariance is not positive definite with any ridge (non-finite features?)")
         self.mean = mean
         self.cholesky = chol
         self.log_det = 2 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
