@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebook", default="notebooks/train.ipynb", help="notebook to execute")
     run.add_argument("--output", help="executed notebook path (default runs/<run id>/train.ipynb)")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
-    run.add_argument("--quiet", action="store_true", help="do not echo the notebook's output")
+    run.add_argument("--quiet", action="store_true", help="echo only the progress lines, not all notebook output")
     run.set_defaults(func=cmd_run)
     ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")

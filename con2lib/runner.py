@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from con2lib.config import Config
 from con2lib.paths import project_root, resolve
+from con2lib.progress import StreamEcho, known_parameters
 
 T = TypeVar("T")
 TAG_RESUME_KEY, TAG_RESUMED = "con2.resume_key", "con2.resumed_from_epoch"
@@ -65,7 +66,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         params: flat parameters (a loaded params file plus overrides).
         notebook: the notebook to execute (relative paths: to the project root).
         output: where the executed notebook goes (default ``runs/<run id>/train.ipynb``).
-        quiet: do not echo the notebook's output.
+        quiet: echo only the notebook's progress lines (epoch, loss, ETA), not all of its output.
         tags: extra tags of the MLflow run (sweep id, point, parent run).
         kernel: Jupyter kernel name (default: the notebook's).
         mark_dead: first end as FAILED the runs of this host whose process died (a sweep does this
@@ -110,10 +111,14 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
 
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}", flush=True)
-        papermill.execute_notebook(
-            str(resolve(notebook)), str(out), parameters={**params, "run_id": run_id},
-            cwd=str(project_root()), progress_bar=False, log_output=not quiet, kernel_name=kernel,
-        )
+        # stdout_file: the notebook's output reaches the terminal as it is written (all of it, or the
+        # progress lines when quiet); coalesce_streams: the notebook keeps each bar's last state only
+        with known_parameters(cfg.to_dict()):
+            papermill.execute_notebook(
+                str(resolve(notebook)), str(out), parameters={**params, "run_id": run_id},
+                cwd=str(project_root()), progress_bar=False, kernel_name=kernel,
+                stdout_file=StreamEcho(sys.stdout, everything=not quiet), coalesce_streams=True,
+            )
     except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt too
         error = err
     finally:

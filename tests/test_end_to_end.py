@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
+import nbformat
 import pytest
 
 import torch
@@ -32,9 +34,17 @@ def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path
     proc = subprocess.run(con2_command("run", str(params), "-p", "seed", "1", "--quiet"), cwd=ROOT, env=store,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress reaches the terminal while training, even --quiet; valid parameters draw no papermill warning
+    for epoch in (1, 2):
+        assert re.search(rf"^epoch {epoch}/2  loss \d+\.\d+ \(context .*\d+ img/s .*ETA \d+", proc.stdout, re.M)
+    assert "Passed unknown parameter" not in proc.stderr, proc.stderr[-3000:]
     client = MlflowClient()
     [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "FINISHED"
+    notebook = nbformat.read(tmp_path / "runs" / run.info.run_id / "train.ipynb", as_version=4)
+    [training] = [c for c in notebook.cells if "history = fit(" in c.source]
+    bars = "".join(o.get("text", "") for o in training.outputs if o.get("name") == "stderr")
+    assert "training: 100%" in bars and "\r" not in bars  # a finished text bar, its redraws collapsed
     metrics = run.data.metrics
     assert 0 <= metrics["auroc_nnd"] <= 1 and 0 <= metrics["auroc_lh"] <= 1
     for name in ("auroc_nnd_notta", "auroc_lh_notta", "auroc_ssd"):
