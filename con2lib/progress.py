@@ -1,15 +1,19 @@
-"""Training progress as text lines: written by ``fit`` in the notebook, echoed to the terminal of ``con2 run``.
+"""What a user of ``con2 run`` sees: progress lines on the terminal, a readable executed notebook.
 
 ``fit`` prints one line per epoch (:func:`epoch_line`, starting with :data:`PREFIX`); the notebook keeps
 them, and :class:`StreamEcho` (papermill's ``stdout_file``) copies them to the terminal as the kernel
 writes them, so ``con2 run`` and every worker of ``con2 sweep`` show epoch, loss, speed and ETA.
+:func:`known_parameters` keeps papermill quiet about valid parameters; :func:`notebook_html` makes
+the executed notebook readable in the MLflow artifact viewer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, TextIO
 
 PREFIX = "epoch "
@@ -95,3 +99,20 @@ def known_parameters(names: Iterable[str]) -> Iterator[None]:
         yield
     finally:
         logger.removeFilter(quiet)
+
+
+def notebook_html(notebook: Path) -> Path:
+    """Writes the executed notebook as HTML next to it (same name, ``.html``); returns that path.
+
+    Text, tables and images are kept; interactive plotly outputs are left out (the run logs each
+    figure under ``figures/``), so the page stays small.
+    """
+    import nbconvert
+    import nbformat
+
+    with warnings.catch_warnings():  # said once per plotly output; the figures are artifacts of their own
+        warnings.filterwarnings("ignore", "Your element with mimetype")
+        html, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    path = notebook.with_suffix(".html")
+    path.write_text(html, encoding="utf-8")
+    return path

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import io
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.models import infer_signature
 
 from con2lib.calibration import loo_nnd_scores, rates, threshold_at_fpr
 from con2lib.checkpoint import load_checkpoint, save_checkpoint
@@ -270,6 +272,9 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
     """
     if score not in SCORES:
         raise ValueError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
+    example = input_example(model.prep)
+    # outputs only: an input schema would make MLflow reject the arrays and lists predict() also takes
+    signature = infer_signature(model_output=model.predict(input_images(example), score))
     with tempfile.TemporaryDirectory() as tmp:
         state = save_checkpoint(Path(tmp) / "con2_model.pt", model.state())
         script = Path(tmp) / "con2_pyfunc.py"
@@ -277,5 +282,14 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(script), artifacts={"con2": str(state)},
             code_paths=[str(Path(__file__).resolve().parent)], pip_requirements=pip_requirements(),
-            model_config={"score": score, "device": "auto"}, signature=False,
+            model_config={"score": score, "device": "auto"}, signature=signature, input_example=example,
         )
+
+
+def input_example(prep: Preprocess) -> pd.DataFrame:
+    """A valid model input: one mid-grey image of the model's size and mode, as base64 PNG in column ``image``."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new(prep.mode, (prep.size, prep.size), 128 if prep.mode == "L" else (128, 128, 128)).save(buffer, "PNG")
+    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})

@@ -174,6 +174,11 @@ def test_model_is_logged_with_its_code_requirements_and_calibration(trained) -> 
     local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(trained.folder / "model")))
     assert (local / "code" / "con2lib" / "pyfunc_model.py").is_file()
     assert (local / "artifacts" / "con2_model.pt").is_file()
+    # a signature of the output table (inputs are free-form: files, base64 images, arrays) and an input example
+    assert info.signature.inputs is None
+    assert {"score", "anomaly", "nearest_index", "score_nnd", "error"} <= set(info.signature.outputs.input_names())
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["columns"] == ["image"] and len(example["data"]) == 1
     requirements = (local / "requirements.txt").read_text().split()
     assert set(pip_requirements()) <= set(requirements)
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements
