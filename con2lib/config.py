@@ -18,6 +18,11 @@ from typing import Any
 CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute", "auto")  # auto: con2lib.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
+# Values of the dataset parameter; con2lib.data.DATASETS maps each to its loader (kept here so the
+# config, below the data layer, validates without importing the loaders)
+DATASET_NAMES = ("digits", "mnist", "fashionmnist", "cifar10", "breastmnist", "octmnist", "pneumoniamnist", "kvasir",
+                 "br35h", "pneumonia", "melanoma", "cifar100", "imagenet30", "dogsvscats", "muffinvschihuahua",
+                 "folder")
 STEMS = ("auto", "cifar", "stride2", "imagenet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -84,7 +89,7 @@ class Config:
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch is always saved)
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, _dataset_names())
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
         _check_context(self.context)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("stem", self.stem, STEMS)
@@ -182,12 +187,6 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A validated copy with some parameters changed."""
         return type(self).from_params({**self.to_dict(), **changes})
-
-
-def _dataset_names() -> tuple[str, ...]:
-    from con2lib.data import DATASETS  # late import: the registry imports heavy loaders
-
-    return tuple(DATASETS)
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:

@@ -18,6 +18,7 @@ import binascii
 import dataclasses
 import io
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,8 @@ import pandas as pd
 import torch
 from mlflow.models import infer_signature
 
-from con2lib.calibration import loo_nnd_scores, rates, threshold_at_fpr
+from con2lib.calibration import (CalibrationWarning, loo_nnd_scores, rates, small_calibration_warning,
+                                 threshold_at_fpr)
 from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
@@ -76,6 +78,8 @@ class ScoringModel:
         prep: how an image file becomes a uint8 (C, S, S) input.
         thresholds: ``{"nnd": t, "lh": t}``; score > t is anomalous; None where not calibrated.
         threshold_source: how the thresholds were set (logged, shown by ``con2 score``).
+        n_calibration, target_fpr: the held-out normal images the thresholds were set on (0: none) and
+            the target, for :meth:`calibration_warning`.
     """
 
     cfg: Config
@@ -86,6 +90,8 @@ class ScoringModel:
     device: torch.device
     thresholds: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"nnd": None, "lh": None})
     threshold_source: str = "none"
+    n_calibration: int = 0
+    target_fpr: float = 0.05
 
     def __post_init__(self) -> None:
         self.views = tta_views(self.cfg)
@@ -111,8 +117,10 @@ class ScoringModel:
             encoder.to(memory_format=torch.channels_last)
         gaussian = GaussianScorer(cfg.lh_shrinkage)
         gaussian.load_state_dict(state["scorer"])
+        calibration = state.get("calibration", {})  # absent from models logged before it was added
         return cls(cfg, encoder.eval(), state["bank"], gaussian.to(device), prep, device,
-                   dict(state["thresholds"]), state["threshold_source"])
+                   dict(state["thresholds"]), state["threshold_source"], calibration.get("n", 0),
+                   calibration.get("target_fpr", cfg.target_fpr))
 
     def state(self) -> dict[str, Any]:
         """Tensors and literals only: saved with :func:`con2lib.checkpoint.save_checkpoint`."""
@@ -120,7 +128,12 @@ class ScoringModel:
                 "encoder": {k: v.detach().cpu() for k, v in self.encoder.state_dict().items()},
                 "bank": self.bank.detach().float().cpu().contiguous(),
                 "scorer": {k: v.cpu() for k, v in self.gaussian.state_dict().items()},
-                "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source}
+                "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source,
+                "calibration": {"n": self.n_calibration, "target_fpr": self.target_fpr}}
+
+    def calibration_warning(self) -> str | None:
+        """Said when the held-out images were too few for the target FPR (:func:`small_calibration_warning`)."""
+        return small_calibration_warning(self.n_calibration, self.target_fpr)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -152,6 +165,9 @@ class ScoringModel:
             ``threshold`` and ``threshold_lh`` (or ``threshold_loo`` for the fallback), ``target_fpr``,
             and with test data ``test_fpr``, ``test_tpr`` (S_NND) and ``test_fpr_lh``, ``test_tpr_lh``.
         """
+        self.n_calibration, self.target_fpr = len(images), target_fpr
+        if self.calibration_warning():
+            warnings.warn(self.calibration_warning(), CalibrationWarning, stacklevel=2)
         if len(images):
             scores = self.score(images)
             self.thresholds = {k: threshold_at_fpr(scores[k], target_fpr) for k in SCORES}
@@ -181,7 +197,8 @@ class ScoringModel:
             raise ValueError(f"this model has no threshold for score {score!r} ({self.threshold_source}); use "
                              "score 'nnd', or train with calibration_fraction > 0")
         n = len(images)
-        out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": np.zeros(n, bool),
+        # anomaly: empty (NA), not False, where the image could not be read
+        out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": pd.array([pd.NA] * n, dtype="boolean"),
                             "nearest_index": np.full(n, -1, np.int64), "score_nnd": np.full(n, np.nan),
                             "score_lh": np.full(n, np.nan), "error": [""] * n})
         ok, prepared = [], []
@@ -274,7 +291,8 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
         raise ValueError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
     example = input_example(model.prep)
     # outputs only: an input schema would make MLflow reject the arrays and lists predict() also takes
-    signature = infer_signature(model_output=model.predict(input_images(example), score))
+    output = model.predict(input_images(example), score)
+    signature = infer_signature(model_output=output.astype({"anomaly": bool}))  # no NA in the example
     with tempfile.TemporaryDirectory() as tmp:
         state = save_checkpoint(Path(tmp) / "con2_model.pt", model.state())
         script = Path(tmp) / "con2_pyfunc.py"

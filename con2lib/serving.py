@@ -101,7 +101,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     table = pd.concat([p for p in parts if len(p)], ignore_index=True).reindex(columns=list(COLUMNS))
     table["error"] = table["error"].fillna("")
     table["nearest_index"] = table["nearest_index"].fillna(-1).astype("int64")
-    table["anomaly"] = table["anomaly"].eq(True)  # rows of unusable arguments have none: not anomalous
+    table["anomaly"] = table["anomaly"].astype("boolean")  # empty where not scored: unknown, not "normal"
     table.to_csv(sys.stdout if args.out == "-" else args.out, index=False)
     failed = table[table["error"] != ""]
     scored = len(table) - len(failed)
@@ -110,6 +110,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         more = f"\n  ... and {len(failed) - _LISTED} more" if len(failed) > _LISTED else ""
         print(f"con2 score: {len(failed)} image(s) could not be scored (rows with an error in {args.out}):\n"
               f"  {listed}{more}", file=sys.stderr)
+    warning = inner.model.calibration_warning()
+    if warning:
+        print(f"con2 score: warning: {warning}", file=sys.stderr)
     threshold = inner.model.thresholds[inner.score_name]
     print(f"con2 score: {scored} image(s) scored, {int(table['anomaly'].sum())} anomalous (S_{inner.score_name.upper()}"
           f" > {threshold:.6g}; {inner.model.threshold_source}) -> {args.out}", file=sys.stderr)

@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -31,7 +32,8 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from test_datasets import CASES, _params  # the data sets' on-disk fixtures (tests/fixtures_data.py)
 
-from con2lib.calibration import CalibrationWarning, loo_nnd_scores, rates, split_calibration, threshold_at_fpr
+from con2lib.calibration import (CalibrationWarning, fpr_range, loo_nnd_scores, rates, small_calibration_warning,
+                                 split_calibration, threshold_at_fpr)
 from con2lib.cli import main as con2_main
 from con2lib.config import Config
 from con2lib.data import DATASETS, OneClassData, load_dataset
@@ -74,6 +76,19 @@ def test_threshold_at_fpr_is_the_linear_quantile() -> None:
             threshold_at_fpr(bad, 0.05)
     with pytest.raises(ValueError, match="target_fpr"):
         threshold_at_fpr([1.0, 2.0], 1.0)
+
+
+@pytest.mark.parametrize("n", [9, 40])
+def test_fpr_range_holds_the_fpr_of_thresholds_set_on_n_normal_scores(n: int) -> None:
+    # normal scores uniform on (0, 1): a threshold t flags 1 - t of new normal images
+    rng = np.random.default_rng(0)
+    fprs = [1 - threshold_at_fpr(rng.random(n), 0.05) for _ in range(4000)]
+    low, high = fpr_range(n, 0.05)
+    # the linear quantile interpolates two order statistics; the Beta of one is close to it
+    assert np.quantile(fprs, 0.05) == pytest.approx(low, abs=0.015)
+    assert np.quantile(fprs, 0.95) == pytest.approx(high, abs=0.025)
+    assert "(90% range)" in small_calibration_warning(n, 0.05)
+    assert small_calibration_warning(200, 0.05) is None and small_calibration_warning(0, 0.05) is None
 
 
 def test_rates_count_scores_strictly_above_the_threshold() -> None:
@@ -272,6 +287,7 @@ def test_con2_score_writes_a_row_per_image_and_reports_unreadable_files(trained,
     (folder / "broken.png").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("not listed: not an image file")
     out = tmp_path / "scores.csv"
+    model = mlflow.pyfunc.load_model(trained.uri).unwrap_python_model().model
     # in-process (the `con2 run` fixture covers the console entry point): a subprocess costs 10 s of imports
     code = con2_main(["score", "--model", trained.uri, str(folder), str(tmp_path / "missing.png"), "--out", str(out)])
     stderr = capsys.readouterr().err
@@ -282,11 +298,16 @@ def test_con2_score_writes_a_row_per_image_and_reports_unreadable_files(trained,
     bad = table[table["error"] != ""]
     assert sorted(Path(p).name for p in bad["path"]) == ["broken.png", "missing.png"]
     assert "broken.png" in stderr and "missing.png" in stderr and "3 image(s) scored" in stderr
+    assert (bad["anomaly"] == "").all() and (bad["score"] == "").all()  # not scored: no decision either
+    # 8 calibration images for a 5% target: the FPR's uncertainty is said
+    assert re.search(r"warning: the threshold was calibrated on 8 normal images .* 0\.0\d\d-0\.[23]\d\d \(90% range\)",
+                     stderr), stderr
     good = table[table["error"] == ""].set_index(table[table["error"] == ""]["path"].map(lambda p: Path(p).name))
     for i in range(3):
         row = good.loc[f"img{i}.png"]
         assert float(row["score_nnd"]) == pytest.approx(trained.scores["score_nnd"][i], rel=1e-5, abs=1e-5)
-        assert int(row["nearest_index"]) == trained.scores["nearest_index"][i]
+        assert_same_nearest(model, trained.data.test[[i]], np.array([int(row["nearest_index"])]),
+                            trained.scores["nearest_index"].to_numpy()[[i]])
         assert str(row["anomaly"]) == str(float(row["score"]) > trained.run.data.metrics["threshold"])
 
 
