@@ -2,7 +2,7 @@
 
 - :func:`run_name`: ``digits-8-invert-s0`` (data set, normal class, context, loss unless con2, seed).
 - :func:`source_tags`: the git commit (MLflow's own ``mlflow.source.git.commit`` too), whether the
-  working tree had uncommitted changes, and the con2 version.
+  working tree had uncommitted changes, the con2 version and the machine (CPU model, cores).
 - :func:`log_data_inputs`: the training and test images as MLflow dataset inputs (name, source,
   digest): the UI's Datasets column.
 - :func:`description`: the run's description (``mlflow.note.content``): what ran, the headline AUROCs,
@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import os
+import platform
 import subprocess
 import warnings
 from importlib.metadata import PackageNotFoundError, version
@@ -19,7 +21,7 @@ from typing import Any
 
 from con2lib.config import Config
 
-TAG_COMMIT, TAG_DIRTY, TAG_VERSION = "con2.git_commit", "con2.git_dirty", "con2.version"
+TAG_COMMIT, TAG_DIRTY, TAG_VERSION, TAG_MACHINE = "con2.git_commit", "con2.git_dirty", "con2.version", "con2.machine"
 TAG_DESCRIPTION = "mlflow.note.content"  # what the MLflow UI shows as the run's description
 _SOURCE_KEYS = ("source", "data_folder", "folder_train")  # where each loader says its images came from
 
@@ -32,18 +34,32 @@ def run_name(cfg: Config) -> str:
 
 
 def source_tags(root: Path) -> dict[str, str]:
-    """Tags naming the code that ran: git commit and dirty flag of ``root`` (when it is a git checkout), con2 version."""
+    """Tags naming the code and machine that ran: git commit and dirty flag of ``root`` (when it is a git
+    checkout), con2 version, CPU model and cores."""
     try:
         con2_version = version("con2")
     except PackageNotFoundError:  # a checkout on PYTHONPATH, not installed
         from con2lib import __version__ as con2_version
-    tags = {TAG_VERSION: con2_version}
+    tags = {TAG_VERSION: con2_version, TAG_MACHINE: machine()}
     commit = _git(root, "rev-parse", "HEAD")
     if commit:
         status = _git(root, "status", "--porcelain")
         tags.update({TAG_COMMIT: commit, "mlflow.source.git.commit": commit,
                      TAG_DIRTY: "true" if status else "false"})
     return tags
+
+
+def machine() -> str:
+    """This machine in words: CPU model and cores (what result tables say they were measured on)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = " ".join(line.split(":", 1)[1].split())
+                break
+    except OSError:  # not Linux
+        pass
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def _git(root: Path, *args: str) -> str | None:
