@@ -24,10 +24,11 @@ from sklearn.cluster import KMeans
 
 from con2lib import analysis
 from con2lib.baselines import SSDScorer
-from con2lib.checkpoint import model_state, save_checkpoint
+from con2lib.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import evaluate
+from con2lib.pyfunc_model import ScoringModel, log_model, preprocess_for
 from con2lib.train import build_model, fit, seed_everything
 
 CLASS_NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Pullover"}
@@ -204,18 +205,18 @@ def plot_count(nb: dict) -> int:
 
 
 def train_and_log_tiny_run(tmp_path: Path) -> str:
-    """A tiny trained run logged as the training notebook logs it: AUROCs and checkpoint/checkpoint.pt."""
+    """A tiny trained run logged as the training notebook logs it: its split, AUROCs and model."""
     cfg = Config.from_params({**TINY, "experiment": "explore"})
     seed_everything(cfg.seed)
-    data = load_dataset(cfg)
+    data, calibration_images = split_calibration(load_dataset(cfg), cfg.calibration_fraction, cfg.split_seed)
     model = build_model(cfg, data.train.shape[1])
     fit(cfg, model, data.train, progress=False)
     result = evaluate(cfg, model.encoder, data, torch.device("cpu"))
     with mlflow.start_run(experiment_id=make_experiment("explore", tmp_path)) as run:
         mlflow.log_metrics({"auroc_nnd": result.auroc_nnd, "auroc_lh": result.auroc_lh})
-        path = save_checkpoint(tmp_path / "ckpt" / "checkpoint.pt", model_state(
-            model, cfg.to_dict(), epoch=cfg.epochs, scorer={k: v.cpu() for k, v in result.scorer.state_dict().items()}))
-        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        scoring = ScoringModel.from_evaluation(cfg, model.encoder, result, preprocess_for(cfg, 1), torch.device("cpu"))
+        scoring.calibrate(calibration_images, cfg.target_fpr)
+        log_model(scoring)
     return run.info.run_id
 
 
@@ -269,7 +270,7 @@ def test_notebooks_compare_explore_efficiency(runs_store, tmp_path) -> None:
     # no matching run at all: a message, no exception, and no report run of its own
     assert "nothing to compare" in notebook_text(nbs["empty"]) and plot_count(nbs["empty"]) == 0
 
-    # explore: same split, weights and TTA give the logged AUROCs again; every view is drawn
+    # explore: the logged model on the run's split gives the logged AUROCs again; every view is drawn
     text = notebook_text(nbs["explore"])
     for name in ("auroc_nnd", "auroc_lh"):
         recomputed, logged = re.search(rf"{name}: recomputed ([\d.]+), logged ([\d.]+)", text).groups()
