@@ -62,7 +62,8 @@ def split_calibration(data: OneClassData, fraction: float, seed: int) -> tuple[O
     held[np.random.default_rng([seed, _SALT]).permutation(n)[:k]] = True
     keep = torch.from_numpy(~held)
     info = {**data.info, "n_train": n - k, "n_calibration": k, "calibration_fraction": fraction}
-    return dataclasses.replace(data, train=data.train[keep], info=info), data.train[torch.from_numpy(held)]
+    ids = tuple(i for i, out in zip(data.train_ids, held) if not out)
+    return dataclasses.replace(data, train=data.train[keep], info=info, train_ids=ids), data.train[torch.from_numpy(held)]
 
 
 def threshold_at_fpr(normal_scores: torch.Tensor | np.ndarray, target_fpr: float) -> float:

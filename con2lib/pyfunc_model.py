@@ -80,6 +80,8 @@ class ScoringModel:
         threshold_source: how the thresholds were set (logged, shown by ``con2 score``).
         n_calibration, target_fpr: the held-out normal images the thresholds were set on (0: none) and
             the target, for :meth:`calibration_warning`.
+        train_ids: the data set's id of each bank image (:attr:`con2lib.data.OneClassData.train_ids`);
+            empty for models logged before ids were kept (then ``#<bank index>``).
     """
 
     cfg: Config
@@ -92,6 +94,7 @@ class ScoringModel:
     threshold_source: str = "none"
     n_calibration: int = 0
     target_fpr: float = 0.05
+    train_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.views = tta_views(self.cfg)
@@ -99,9 +102,14 @@ class ScoringModel:
 
     @classmethod
     def from_evaluation(cls, cfg: Config, encoder: torch.nn.Module, result: Evaluation, prep: Preprocess,
-                        device: torch.device) -> ScoringModel:
-        """The model of a finished evaluation: its training features and fitted S_LH, no recomputation."""
-        return cls(cfg, encoder.eval(), result.train_features.float(), result.scorer, prep, device)
+                        device: torch.device, train_ids: Sequence[str] = ()) -> ScoringModel:
+        """The model of a finished evaluation: its training features and fitted S_LH, no recomputation.
+
+        Args:
+            train_ids: the training images' ids in the data set (``data.train_ids``), for ``nearest_train``.
+        """
+        return cls(cfg, encoder.eval(), result.train_features.float(), result.scorer, prep, device,
+                   train_ids=tuple(train_ids))
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> ScoringModel:
@@ -120,7 +128,7 @@ class ScoringModel:
         calibration = state.get("calibration", {})  # absent from models logged before it was added
         return cls(cfg, encoder.eval(), state["bank"], gaussian.to(device), prep, device,
                    dict(state["thresholds"]), state["threshold_source"], calibration.get("n", 0),
-                   calibration.get("target_fpr", cfg.target_fpr))
+                   calibration.get("target_fpr", cfg.target_fpr), tuple(state.get("train_ids", ())))
 
     def state(self) -> dict[str, Any]:
         """Tensors and literals only: saved with :func:`con2lib.checkpoint.save_checkpoint`."""
@@ -129,7 +137,8 @@ class ScoringModel:
                 "bank": self.bank.detach().float().cpu().contiguous(),
                 "scorer": {k: v.cpu() for k, v in self.gaussian.state_dict().items()},
                 "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source,
-                "calibration": {"n": self.n_calibration, "target_fpr": self.target_fpr}}
+                "calibration": {"n": self.n_calibration, "target_fpr": self.target_fpr},
+                "train_ids": list(self.train_ids)}
 
     def calibration_warning(self) -> str | None:
         """Said when the held-out images were too few for the target FPR (:func:`small_calibration_warning`)."""
@@ -190,7 +199,8 @@ class ScoringModel:
 
         Returns:
             One row per image: ``score`` (the chosen one), ``anomaly`` (score > threshold), ``nearest_index``
-            (training-bank image nearest in S_NND, -1 on error), ``score_nnd``, ``score_lh``, ``error`` ("" if fine).
+            (training-bank image nearest in S_NND, -1 on error), ``nearest_train`` (that image's id in the data
+            set, "" on error), ``score_nnd``, ``score_lh``, ``error`` ("" if fine).
         """
         threshold = self.thresholds.get(score)
         if threshold is None:
@@ -199,7 +209,8 @@ class ScoringModel:
         n = len(images)
         # anomaly: empty (NA), not False, where the image could not be read
         out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": pd.array([pd.NA] * n, dtype="boolean"),
-                            "nearest_index": np.full(n, -1, np.int64), "score_nnd": np.full(n, np.nan),
+                            "nearest_index": np.full(n, -1, np.int64), "nearest_train": [""] * n,
+                            "score_nnd": np.full(n, np.nan),
                             "score_lh": np.full(n, np.nan), "error": [""] * n})
         ok, prepared = [], []
         for i, image in enumerate(images):
@@ -214,6 +225,8 @@ class ScoringModel:
             out.loc[ok, "score"] = chosen
             out.loc[ok, "anomaly"] = chosen > threshold
             out.loc[ok, "nearest_index"] = s["nearest"].numpy()
+            ids = self.train_ids or [f"#{j}" for j in range(self.bank.shape[1])]
+            out.loc[ok, "nearest_train"] = [ids[j] for j in s["nearest"].tolist()]
             out.loc[ok, "score_nnd"] = s["nnd"].numpy().astype(np.float64)
             out.loc[ok, "score_lh"] = s["lh"].numpy().astype(np.float64)
         return out

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "error")
+COLUMNS = ("path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "nearest_train", "error")
 _LISTED = 20  # unreadable files named on stderr; all of them are rows of the CSV
 
 
@@ -100,6 +100,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     # argparse guarantees one argument at least, so there is a file or a problem row to concatenate
     table = pd.concat([p for p in parts if len(p)], ignore_index=True).reindex(columns=list(COLUMNS))
     table["error"] = table["error"].fillna("")
+    table["nearest_train"] = table["nearest_train"].fillna("")
     table["nearest_index"] = table["nearest_index"].fillna(-1).astype("int64")
     table["anomaly"] = table["anomaly"].astype("boolean")  # empty where not scored: unknown, not "normal"
     table.to_csv(sys.stdout if args.out == "-" else args.out, index=False)

@@ -108,6 +108,14 @@ def _numbered(n: int) -> OneClassData:
                         {"n_train": n})
 
 
+def test_training_images_keep_their_data_set_ids_through_subsampling() -> None:
+    data = load_dataset(Config.from_params(TINY))  # digits, 32 of the normal training images
+    full = load_dataset(Config.from_params({**TINY, "max_train": 0}))
+    assert len(set(data.train_ids)) == 32 and all(i.startswith("train[") for i in data.train_ids)
+    for image_id, image in zip(data.train_ids, data.train):  # uint8 copies of the same images
+        assert torch.equal(full.train[full.train_ids.index(image_id)], image)
+
+
 def test_split_calibration_holds_out_a_seeded_disjoint_fraction() -> None:
     data = _numbered(40)
     rest, held = split_calibration(data, 0.25, seed=3)
@@ -115,6 +123,7 @@ def test_split_calibration_holds_out_a_seeded_disjoint_fraction() -> None:
     assert len(out) == 10 and len(kept) == 30
     assert sorted(kept + out) == list(range(40)) and kept == sorted(kept)  # disjoint, complete, order kept
     assert rest.info == {"n_train": 30, "n_calibration": 10, "calibration_fraction": 0.25}
+    assert rest.train_ids == tuple(f"#{i}" for i in kept)  # each image keeps its id in the data set
     assert torch.equal(split_calibration(data, 0.25, seed=3)[1], held)  # seeded
     assert not torch.equal(split_calibration(data, 0.25, seed=4)[1], held)
     assert rest.test is data.test
@@ -293,12 +302,14 @@ def test_con2_score_writes_a_row_per_image_and_reports_unreadable_files(trained,
     stderr = capsys.readouterr().err
     assert code == 0, stderr[-3000:]
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "error"]
+    assert list(table.columns) == ["path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index",
+                                   "nearest_train", "error"]
     assert len(table) == 5
     bad = table[table["error"] != ""]
     assert sorted(Path(p).name for p in bad["path"]) == ["broken.png", "missing.png"]
     assert "broken.png" in stderr and "missing.png" in stderr and "3 image(s) scored" in stderr
-    assert (bad["anomaly"] == "").all() and (bad["score"] == "").all()  # not scored: no decision either
+    # not scored: no decision and no nearest image either
+    assert (bad["anomaly"] == "").all() and (bad["score"] == "").all() and (bad["nearest_train"] == "").all()
     # 8 calibration images for a 5% target: the FPR's uncertainty is said
     assert re.search(r"warning: the threshold was calibrated on 8 normal images .* 0\.0\d\d-0\.[23]\d\d \(90% range\)",
                      stderr), stderr
@@ -308,6 +319,9 @@ def test_con2_score_writes_a_row_per_image_and_reports_unreadable_files(trained,
         assert float(row["score_nnd"]) == pytest.approx(trained.scores["score_nnd"][i], rel=1e-5, abs=1e-5)
         assert_same_nearest(model, trained.data.test[[i]], np.array([int(row["nearest_index"])]),
                             trained.scores["nearest_index"].to_numpy()[[i]])
+        # the nearest image named by its id in the data set: the training split of digits, not the bank row
+        assert row["nearest_train"] == model.train_ids[int(row["nearest_index"])]
+        assert re.fullmatch(r"train\[\d+\]", row["nearest_train"])
         assert str(row["anomaly"]) == str(float(row["score"]) > trained.run.data.metrics["threshold"])
 
 
