@@ -305,7 +305,9 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
     example = input_example(model.prep)
     # outputs only: an input schema would make MLflow reject the arrays and lists predict() also takes
     output = model.predict(input_images(example), score)
-    signature = infer_signature(model_output=output.astype({"anomaly": bool}))  # no NA in the example
+    with warnings.catch_warnings():  # a hint that integer columns cannot hold NA: nearest_index never does
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+        signature = infer_signature(model_output=output.astype({"anomaly": bool}))  # no NA in the example
     with tempfile.TemporaryDirectory() as tmp:
         state = save_checkpoint(Path(tmp) / "con2_model.pt", model.state())
         script = Path(tmp) / "con2_pyfunc.py"
