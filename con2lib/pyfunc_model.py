@@ -13,10 +13,7 @@ checkpoint (no pickled code), the model as code (:class:`Con2PyfuncModel`, from 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
-import io
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -35,6 +32,7 @@ from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
 from con2lib.evaluate import extract_features, nnd_bank, tta_views
+from con2lib.model_inputs import decode, input_example, input_images
 from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
 from con2lib.train import build_model, select_device
 
@@ -215,7 +213,7 @@ class ScoringModel:
         ok, prepared = [], []
         for i, image in enumerate(images):
             try:
-                prepared.append(torch.from_numpy(prepare_image(_decode(image), self.prep)))
+                prepared.append(torch.from_numpy(prepare_image(decode(image), self.prep)))
                 ok.append(i)
             except Exception as err:  # noqa: BLE001 - any failure to read one image is that image's error
                 out.loc[i, "error"] = f"{type(err).__name__}: {err}"
@@ -230,42 +228,6 @@ class ScoringModel:
             out.loc[ok, "score_nnd"] = s["nnd"].numpy().astype(np.float64)
             out.loc[ok, "score_lh"] = s["lh"].numpy().astype(np.float64)
         return out
-
-
-def _decode(image: Any) -> Any:
-    """A ``image`` column value: base64 text (optionally a ``data:`` URL) -> bytes; anything else as is."""
-    if image is None or (isinstance(image, float) and np.isnan(image)):
-        raise ValueError("no image: the row's 'path' and 'image' are both empty")
-    if isinstance(image, str):
-        try:
-            return base64.b64decode(image.split(",", 1)[1] if image.startswith("data:") else image, validate=True)
-        except binascii.Error as err:
-            raise ValueError(f"the 'image' value is not base64 text of an image file ({err})") from None
-    return image
-
-
-def input_images(model_input: Any) -> list[Any]:
-    """The images of a pyfunc input, one item per image.
-
-    Accepts a DataFrame with a ``path`` column (file paths) and/or an ``image`` column (base64 text of
-    PNG/JPEG bytes, bytes, or arrays; used where ``path`` is empty); a numpy array or tensor holding a batch
-    (N, C, H, W), (N, H, W, C) or (N, H, W), or one (H, W) image; or a list of any of these items.
-    """
-    if isinstance(model_input, pd.DataFrame):
-        if not {"path", "image"} & set(model_input.columns):
-            raise ValueError(f"expected a column 'path' (image files) or 'image' (base64 PNG/JPEG), got "
-                             f"{list(model_input.columns)}")
-        paths = model_input["path"] if "path" in model_input else pd.Series([None] * len(model_input))
-        data = model_input["image"] if "image" in model_input else pd.Series([None] * len(model_input))
-        return [Path(p) if isinstance(p, str) and p else d for p, d in zip(paths, data, strict=True)]
-    if isinstance(model_input, torch.Tensor):
-        model_input = model_input.cpu().numpy()
-    if isinstance(model_input, np.ndarray):
-        return [model_input] if model_input.ndim == 2 else list(model_input)
-    if isinstance(model_input, (list, tuple)):
-        return list(model_input)
-    raise TypeError(f"cannot score a {type(model_input).__name__}; pass a DataFrame with a 'path' or 'image' "
-                    "column, a numpy array of images, or a list of images")
 
 
 class Con2PyfuncModel(mlflow.pyfunc.PythonModel):
@@ -317,12 +279,3 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
             code_paths=[str(Path(__file__).resolve().parent)], pip_requirements=pip_requirements(),
             model_config={"score": score, "device": "auto"}, signature=signature, input_example=example,
         )
-
-
-def input_example(prep: Preprocess) -> pd.DataFrame:
-    """A valid model input: one mid-grey image of the model's size and mode, as base64 PNG in column ``image``."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new(prep.mode, (prep.size, prep.size), 128 if prep.mode == "L" else (128, 128, 128)).save(buffer, "PNG")
-    return pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
