@@ -22,8 +22,13 @@ test: venv
 ui: venv
 	$(VENV)/bin/con2 ui
 
+# --no-browser: containers and remote machines have none; Jupyter prints the URL with its token instead.
+# --allow-root: containers and cloud notebooks run as root, where Jupyter refuses to start without it.
+LAB_FLAGS := --ip 127.0.0.1 --no-browser --notebook-dir . $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: venv
-	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --notebook-dir .
+	@echo "JupyterLab: open the http://127.0.0.1:...?token=... URL printed below (Ctrl-C stops it)"
+	$(VENV)/bin/jupyter lab $(LAB_FLAGS)
 
 clean-cache:
 	rm -rf .cache/con2

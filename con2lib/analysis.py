@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from con2lib.baselines import time_scores
 from con2lib.config import CONTEXTS, LOSSES
+from con2lib.pooling import config_of, separate_configs
 
 PARAM_COLUMNS = ("dataset", "normal_class", "context", "loss", "seed")
 ID_COLUMNS = ("run_id", "experiment", "run_name", "start_time", *PARAM_COLUMNS, "normal_class_name")
@@ -55,7 +56,8 @@ def load_runs(experiments: str | Sequence[str] | None = None, filter_string: str
     Returns:
         One row per run: run_id, experiment, run_name, start_time, dataset, normal_class (str),
         context, loss, seed (Int64), normal_class_name (from ``data.normal_classes``), the extra
-        params, then every metric by name (its last value). A metric named like a column above (the
+        params, ``config`` (JSON of every setting but :data:`POOLED_OVER`: runs that may be pooled
+        share it: :mod:`con2lib.pooling`), then every metric by name (its last value). A metric named like a column above (the
         per-epoch ``loss``) gets the suffix ``_last``. Report runs (tag ``con2.report``) and runs
         without a ``dataset`` param (not training runs) are left out.
     """
@@ -83,7 +85,7 @@ def load_runs(experiments: str | Sequence[str] | None = None, filter_string: str
         token = page.token
         if not token:
             break
-    columns = [*ID_COLUMNS, *extra_params]
+    columns = [*ID_COLUMNS, *extra_params, "config"]
     frame = pd.DataFrame(rows, columns=None if rows else columns)
     frame["seed"] = pd.to_numeric(frame["seed"], errors="coerce").astype("Int64")
     metrics = sorted(c for c in frame.columns if c not in columns)
@@ -95,7 +97,7 @@ def _flatten(run: Any, exp_names: dict[str, str], extra: Sequence[str]) -> dict[
     row = {"run_id": run.info.run_id, "experiment": exp_names[run.info.experiment_id],
            "run_name": run.info.run_name, "start_time": pd.to_datetime(run.info.start_time, unit="ms"),
            **{k: params.get(k) for k in PARAM_COLUMNS}, "normal_class_name": params.get("data.normal_classes"),
-           **{k: params.get(k) for k in extra}}
+           **{k: params.get(k) for k in extra}, "config": config_of(params)}
     for name, value in run.data.metrics.items():
         row[f"{name}_last" if name in row else name] = value
     return row
@@ -114,13 +116,17 @@ def melt_metrics(runs: pd.DataFrame, metrics: str | Sequence[str]) -> pd.DataFra
     return long
 
 
-def summarise(runs: pd.DataFrame, metrics: str | Sequence[str], by: Sequence[str]) -> pd.DataFrame:
+def summarise(runs: pd.DataFrame, metrics: str | Sequence[str], by: Sequence[str],
+              pool_over: Sequence[str] = ()) -> pd.DataFrame:
     """Mean, std (over runs), n (distinct seeds) and runs per group and metric.
+
+    Runs are pooled only when they differ in the seed or in the params ``pool_over`` (e.g. the normal
+    class, for a mean over classes); groups of other unlike runs are split (:func:`separate_configs`).
 
     Returns:
         Columns ``*by, score, mean, std, n, runs``; empty when no run has any of the metrics.
     """
-    long = melt_metrics(runs, metrics)
+    long = melt_metrics(separate_configs(runs, by, pool_over), metrics)
     keys = list(dict.fromkeys([*by, "score"]))
     if long.empty:
         return pd.DataFrame(columns=[*keys, *STATS])
@@ -132,7 +138,7 @@ def summarise(runs: pd.DataFrame, metrics: str | Sequence[str], by: Sequence[str
 
 def pivot_table(runs: pd.DataFrame, rows: Sequence[str] = ("dataset", "normal_class"),
                 columns: Sequence[str] = ("context",), metric: str | Sequence[str] = "auroc_nnd",
-                column_values: Sequence[Any] | None = None) -> pd.DataFrame:
+                column_values: Sequence[Any] | None = None, pool_over: Sequence[str] = ()) -> pd.DataFrame:
     """Table 1/2/4-style statistics over seeds: rows x columns, one cell per group of runs.
 
     Args:
@@ -142,6 +148,7 @@ def pivot_table(runs: pd.DataFrame, rows: Sequence[str] = ("dataset", "normal_cl
         metric: one metric or several (list or comma string).
         column_values: the values the (single) column key should show, in order; absent ones
             become empty columns (e.g. every context, run or not).
+        pool_over: params besides the seed that a cell may average over (:func:`summarise`).
 
     Returns:
         Index ``rows``; columns MultiIndex (statistic, *columns) with statistic in mean, std (over
@@ -152,7 +159,7 @@ def pivot_table(runs: pd.DataFrame, rows: Sequence[str] = ("dataset", "normal_cl
     cols = [*columns] + (["score"] if len(metrics) > 1 and "score" not in (*rows, *columns) else [])
     if not cols:
         raise ValueError("pivot_table needs at least one column key")
-    summary = summarise(runs, metrics, [*rows, *cols])
+    summary = summarise(runs, metrics, [*rows, *cols], pool_over)
     if len(metrics) == 1 and "score" not in (*rows, *cols):
         summary = summary.drop(columns="score")
     table = summary.set_index([*rows, *cols])[list(STATS)].unstack(cols)
@@ -173,14 +180,15 @@ def _best_mask(table: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
 
 def format_pivot(table: pd.DataFrame, decimals: int = 1, marker: str = "*",
                  higher_is_better: bool = True) -> pd.DataFrame:
-    """Cells as ``"mean ± std (n)"`` strings, the best mean of each row suffixed with ``marker``.
+    """Cells as ``"mean ± std (runs)"`` strings (runs: how many were pooled), the best mean of each row
+    suffixed with ``marker``.
 
     One run gives ``"mean (1)"``; an empty cell gives ``""``. Multi-level column names are joined
     with " | " so the frame writes to a one-header CSV.
     """
     if table.empty:
         return pd.DataFrame(index=table.index)
-    mean, std, n = table["mean"], table["std"], table["n"]
+    mean, std, n = table["mean"], table["std"], table["runs"]
     best = _best_mask(table, higher_is_better)
 
     def cell(m: float, s: float, k: float, top: bool) -> str:
@@ -205,7 +213,7 @@ def style_pivot(table: pd.DataFrame, decimals: int = 1, caption: str = "", highe
     return text.style.apply(lambda _: css, axis=None).set_caption(caption)
 
 
-def tta_effect(runs: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.DataFrame:
+def tta_effect(runs: pd.DataFrame, by: Sequence[str] = ("dataset",), pool_over: Sequence[str] = ()) -> pd.DataFrame:
     """Each score with and without test-time augmentation, on runs that logged both.
 
     Returns:
@@ -214,7 +222,7 @@ def tta_effect(runs: pd.DataFrame, by: Sequence[str] = ("dataset",)) -> pd.DataF
     parts = []
     for base, plain in TTA_METRICS.items():
         if {base, plain} <= set(runs.columns):
-            part = summarise(runs.dropna(subset=[base, plain]), [base, plain], by)
+            part = summarise(runs.dropna(subset=[base, plain]), [base, plain], by, pool_over)
             part.insert(len(by) + 1, "tta", np.where(part["score"] == base, "with TTA", "without TTA"))
             part["score"] = base
             parts.append(part)

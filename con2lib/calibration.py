@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from con2lib.data.base import OneClassData
 
 MIN_NORMAL = 10  # fewer normal training images: too few to hold any out for a quantile
+# Held-out images expected above the threshold for a usable FPR: with fewer, its 90% range spans
+# more than about half to one and a half times the target
+MIN_EXPECTED_ABOVE = 10
 _SALT = 0xCA11B  # separates this stream from subsample()'s, which is seeded with the same split_seed
 _ROWS = 2048  # bank rows per block of the leave-one-out similarities: (2048, n) float32 temporaries
 
@@ -59,7 +62,8 @@ def split_calibration(data: OneClassData, fraction: float, seed: int) -> tuple[O
     held[np.random.default_rng([seed, _SALT]).permutation(n)[:k]] = True
     keep = torch.from_numpy(~held)
     info = {**data.info, "n_train": n - k, "n_calibration": k, "calibration_fraction": fraction}
-    return dataclasses.replace(data, train=data.train[keep], info=info), data.train[torch.from_numpy(held)]
+    ids = tuple(i for i, out in zip(data.train_ids, held) if not out)
+    return dataclasses.replace(data, train=data.train[keep], info=info, train_ids=ids), data.train[torch.from_numpy(held)]
 
 
 def threshold_at_fpr(normal_scores: torch.Tensor | np.ndarray, target_fpr: float) -> float:
@@ -77,6 +81,38 @@ def threshold_at_fpr(normal_scores: torch.Tensor | np.ndarray, target_fpr: float
     if scores.size == 0 or not np.isfinite(scores).all():
         raise ValueError(f"a threshold needs at least one score, all finite; got {scores.size} score(s)")
     return float(np.quantile(scores, 1 - target_fpr))
+
+
+def fpr_beta(n_calibration: int, target_fpr: float) -> tuple[float, float]:
+    """Parameters (a, b) of the Beta distribution of the FPR on new normal images of
+    :func:`threshold_at_fpr` on ``n_calibration`` held-out scores.
+
+    The linear quantile sits at order statistic r = 1 + (n - 1)(1 - target_fpr) of the n scores; the share
+    of new normal scores above the r-th smallest of n is Beta(n + 1 - r, r) (continuous scores). Its mean
+    a / (n + 1) exceeds the target for small n.
+    """
+    a = 1 + (n_calibration - 1) * target_fpr
+    return a, n_calibration + 1 - a
+
+
+def fpr_range(n_calibration: int, target_fpr: float, level: float = 0.9) -> tuple[float, float]:
+    """The central ``level`` interval of the FPR on new normal images (:func:`fpr_beta`)."""
+    from scipy.stats import beta
+
+    low, high = beta.ppf([(1 - level) / 2, (1 + level) / 2], *fpr_beta(n_calibration, target_fpr))
+    return float(low), float(high)
+
+
+def small_calibration_warning(n_calibration: int, target_fpr: float) -> str | None:
+    """A warning when ``n_calibration`` held-out images are too few for ``target_fpr``, else None."""
+    if n_calibration <= 0 or n_calibration * target_fpr >= MIN_EXPECTED_ABOVE:
+        return None
+    a, b = fpr_beta(n_calibration, target_fpr)
+    low, high = fpr_range(n_calibration, target_fpr)
+    return (f"the threshold was calibrated on {n_calibration} normal images for a target FPR of {target_fpr:g}: "
+            f"on new normal images its FPR averages {a / (a + b):.3f} and lies in {low:.3f}-{high:.3f} (90% range); "
+            f"hold out at least {int(np.ceil(MIN_EXPECTED_ABOVE / target_fpr))} normal images "
+            "(calibration_fraction) for a stable one")
 
 
 def rates(labels: torch.Tensor | np.ndarray, scores: torch.Tensor | np.ndarray,

@@ -8,54 +8,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
-from pathlib import Path
-from typing import Any
 
-import yaml
-
-from con2lib.paths import project_root, resolve
+from con2lib.paramfiles import load_params
 from con2lib.serving import add_commands as add_serving_commands
-from con2lib.sweep import add_commands as add_sweep_commands
+from con2lib.sweep_cli import add_commands as add_sweep_commands
 
-
-def load_params(path: str | os.PathLike[str], overrides: list[tuple[str, str]] | None = None) -> dict[str, Any]:
-    """Reads a params file (following ``extends:`` chains) and applies ``-p key value`` overrides.
-
-    ``extends: presets/cpu.yaml`` (relative to the file, or to ``params/``) loads that file first;
-    the extending file's keys win. Override values are parsed as YAML (``-p epochs 5`` is an int).
-    """
-    params = _read_yaml(Path(path), seen=set())
-    for key, value in overrides or []:
-        params[key] = _parse_yaml(value, f"-p {key} {value!r}")
-    return params
-
-
-def _parse_yaml(text: str, what: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ValueError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
-
-
-def _read_yaml(path: Path, seen: set[Path]) -> dict[str, Any]:
-    path = path if path.is_file() else resolve(path)
-    if not path.is_file():
-        raise ValueError(f"params file {path} does not exist")
-    if path.resolve() in seen:
-        raise ValueError(f"params file {path} extends itself (cycle)")
-    seen.add(path.resolve())
-    data = _parse_yaml(path.read_text(), f"params file {path}") or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"params file {path} must hold a mapping of parameter: value")
-    base = data.pop("extends", None)
-    if base is None:
-        return data
-    candidates = [path.parent / base, project_root() / "params" / base]
-    base_path = next((p for p in candidates if p.is_file()), candidates[0])
-    return {**_read_yaml(base_path, seen), **data}
+__all__ = ["build_parser", "load_params", "main"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -75,7 +35,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from con2lib import distributed
 
     if distributed.is_worker():  # a torchrun rank > 0: trains alongside rank 0's run (docs/sweeps.md, Multi-GPU)
-        return distributed.worker_main(str(params.get("device", "auto")))
+        from con2lib.ddp_worker import worker_main
+
+        return worker_main(str(params.get("device", "auto")))
     try:
         _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
                                 tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
@@ -110,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--notebook", default="notebooks/train.ipynb", help="notebook to execute")
     run.add_argument("--output", help="executed notebook path (default runs/<run id>/train.ipynb)")
     run.add_argument("--kernel", default=None, help="Jupyter kernel name (default: the notebook's)")
-    run.add_argument("--quiet", action="store_true", help="do not echo the notebook's output")
+    run.add_argument("--quiet", action="store_true", help="echo only the progress lines, not all notebook output")
     run.set_defaults(func=cmd_run)
     ui = sub.add_parser("ui", help="open the MLflow UI on the project's store")
     ui.add_argument("--host", default="127.0.0.1")

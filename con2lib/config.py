@@ -18,9 +18,16 @@ from typing import Any
 CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute", "auto")  # auto: con2lib.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
+# Values of the dataset parameter; con2lib.data.DATASETS maps each to its loader (kept here so the
+# config, below the data layer, validates without importing the loaders)
+DATASET_NAMES = ("digits", "mnist", "fashionmnist", "cifar10", "breastmnist", "octmnist", "pneumoniamnist", "kvasir",
+                 "br35h", "pneumonia", "melanoma", "cifar100", "imagenet30", "dogsvscats", "muffinvschihuahua",
+                 "folder")
 STEMS = ("auto", "cifar", "stride2", "imagenet")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 EVAL_SPLITS = ("test", "validation")  # validation: carved from the training split (choose on it, report test)
+# data sets whose loaders keep labelled training images of every class, so a validation split exists
+VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
 
 
 @dataclass(frozen=True)
@@ -89,11 +96,11 @@ class Config:
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch is always saved)
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, _dataset_names())
+        _check_choice("dataset", self.dataset, DATASET_NAMES)
         _check_choice("eval_split", self.eval_split, EVAL_SPLITS)
-        if self.eval_split == "validation" and self.dataset not in _validation_datasets():
+        if self.eval_split == "validation" and self.dataset not in VALIDATION_DATASETS:
             _fail("eval_split", self.eval_split, f"'test' for data set {self.dataset!r}: a validation split needs "
-                  f"labelled training images of the anomalous classes ({', '.join(_validation_datasets())})")
+                  f"labelled training images of the anomalous classes ({', '.join(VALIDATION_DATASETS)})")
         if not 0 < self.val_fraction < 1:
             _fail("val_fraction", self.val_fraction, "a number in (0, 1)")
         _check_context(self.context)
@@ -205,18 +212,6 @@ class Config:
     def replace(self, **changes: Any) -> Config:
         """A validated copy with some parameters changed."""
         return type(self).from_params({**self.to_dict(), **changes})
-
-
-def _dataset_names() -> tuple[str, ...]:
-    from con2lib.data import DATASETS  # late import: the registry imports heavy loaders
-
-    return tuple(DATASETS)
-
-
-def _validation_datasets() -> tuple[str, ...]:
-    from con2lib.data.base import VALIDATION_DATASETS
-
-    return VALIDATION_DATASETS
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:

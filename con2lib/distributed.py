@@ -5,7 +5,7 @@
 Every process torchrun starts runs ``con2 run``. Rank 0 runs it as usual: it creates (or resumes) the
 MLflow run and executes the notebook; the notebook's kernel inherits torchrun's environment, so its
 :func:`con2lib.train.fit` joins the process group as rank 0. The other ranks are *workers*
-(:func:`worker_main`): they receive the config, the training images and the resume state from rank 0,
+(:func:`con2lib.ddp_worker.worker_main`): they receive the config, the training images and the resume state from rank 0,
 train their share of every step and exit. Only rank 0 reads data, logs, writes checkpoints and scores.
 
 The result equals a one-process run on the same global batch (``batch_size`` stays the global batch):
@@ -25,7 +25,6 @@ The result equals a one-process run on the same global batch (``batch_size`` sta
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -239,43 +238,5 @@ def receive_inputs(group: Group, device: torch.device) -> tuple[dict[str, Any], 
     return header["config"], images
 
 
-def train_worker(device: torch.device) -> nn.Module:
-    """A worker's whole job: join rank 0, receive what to train, train (rank 0 logs and checkpoints).
-
-    Returns:
-        The trained model (equal to rank 0's).
-    """
-    from con2lib.config import Config
-    from con2lib.train import build_model, fit
-
-    group = join(device)
-    if group is None:
-        raise RuntimeError("a torchrun worker found no process group (WORLD_SIZE <= 1)")
-    cfg_dict, images = receive_inputs(group, device)
-    cfg = Config.from_params(cfg_dict)
-    model = build_model(cfg, in_channels=images.shape[1]).to(device)  # DDP gives it rank 0's weights
-    fit(cfg, model, images, progress=False)
-    return model
-
-
-def worker_main(device_name: str = "auto") -> int:
-    """``con2 run`` on a torchrun rank > 0; returns its exit code.
-
-    A non-finite loss stops every rank at the same step; rank 0 reports it and ends the run FAILED,
-    so a worker exits 0 then (a non-zero exit would make torchrun kill rank 0 before it records it).
-    """
-    from con2lib.train import NonFiniteLossError, select_device
-
-    kind = select_device(device_name).type
-    try:
-        train_worker(local_device(kind))
-    except NonFiniteLossError as err:
-        print(f"con2 run (rank {os.environ.get('RANK')}): {err}", file=sys.stderr)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
-
-
 __all__ = ["GlobalBatchNorm", "Group", "env_world_size", "is_worker", "join", "local_device", "receive_inputs",
-           "send_inputs", "sync_batchnorm", "train_worker", "worker_main"]
+           "send_inputs", "sync_batchnorm"]

@@ -13,10 +13,9 @@ checkpoint (no pickled code), the model as code (:class:`Con2PyfuncModel`, from 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import dataclasses
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,12 +24,15 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.models import infer_signature
 
-from con2lib.calibration import loo_nnd_scores, rates, threshold_at_fpr
+from con2lib.calibration import (CalibrationWarning, loo_nnd_scores, rates, small_calibration_warning,
+                                 threshold_at_fpr)
 from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
 from con2lib.evaluate import extract_features, nnd_bank, tta_views
+from con2lib.model_inputs import decode, input_example, input_images
 from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
 from con2lib.train import build_model, select_device
 
@@ -74,6 +76,10 @@ class ScoringModel:
         prep: how an image file becomes a uint8 (C, S, S) input.
         thresholds: ``{"nnd": t, "lh": t}``; score > t is anomalous; None where not calibrated.
         threshold_source: how the thresholds were set (logged, shown by ``con2 score``).
+        n_calibration, target_fpr: the held-out normal images the thresholds were set on (0: none) and
+            the target, for :meth:`calibration_warning`.
+        train_ids: the data set's id of each bank image (:attr:`con2lib.data.OneClassData.train_ids`);
+            empty for models logged before ids were kept (then ``#<bank index>``).
     """
 
     cfg: Config
@@ -84,6 +90,9 @@ class ScoringModel:
     device: torch.device
     thresholds: dict[str, float | None] = dataclasses.field(default_factory=lambda: {"nnd": None, "lh": None})
     threshold_source: str = "none"
+    n_calibration: int = 0
+    target_fpr: float = 0.05
+    train_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.views = tta_views(self.cfg)
@@ -91,9 +100,14 @@ class ScoringModel:
 
     @classmethod
     def from_evaluation(cls, cfg: Config, encoder: torch.nn.Module, result: Evaluation, prep: Preprocess,
-                        device: torch.device) -> ScoringModel:
-        """The model of a finished evaluation: its training features and fitted S_LH, no recomputation."""
-        return cls(cfg, encoder.eval(), result.train_features.float(), result.scorer, prep, device)
+                        device: torch.device, train_ids: Sequence[str] = ()) -> ScoringModel:
+        """The model of a finished evaluation: its training features and fitted S_LH, no recomputation.
+
+        Args:
+            train_ids: the training images' ids in the data set (``data.train_ids``), for ``nearest_train``.
+        """
+        return cls(cfg, encoder.eval(), result.train_features.float(), result.scorer, prep, device,
+                   train_ids=tuple(train_ids))
 
     @classmethod
     def from_state(cls, state: dict[str, Any], device: torch.device) -> ScoringModel:
@@ -114,8 +128,10 @@ class ScoringModel:
             encoder.to(memory_format=torch.channels_last)
         gaussian = GaussianScorer(cfg.lh_shrinkage)
         gaussian.load_state_dict(state["scorer"])
+        calibration = state.get("calibration", {})  # absent from models logged before it was added
         return cls(cfg, encoder.eval(), state["bank"], gaussian.to(device), prep, device,
-                   dict(state["thresholds"]), state["threshold_source"])
+                   dict(state["thresholds"]), state["threshold_source"], calibration.get("n", 0),
+                   calibration.get("target_fpr", cfg.target_fpr), tuple(state.get("train_ids", ())))
 
     def state(self) -> dict[str, Any]:
         """Tensors and literals only: saved with :func:`con2lib.checkpoint.save_checkpoint`."""
@@ -124,7 +140,13 @@ class ScoringModel:
                 "bank": self.bank.detach().float().cpu().contiguous(),
                 "scorer": {k: v.cpu() for k, v in self.gaussian.state_dict().items()},
                 "thresholds": dict(self.thresholds), "threshold_source": self.threshold_source,
-                "views": [[v.context, v.augment, v.seed] for v in self.views]}
+                "views": [[v.context, v.augment, v.seed] for v in self.views],
+                "calibration": {"n": self.n_calibration, "target_fpr": self.target_fpr},
+                "train_ids": list(self.train_ids)}
+
+    def calibration_warning(self) -> str | None:
+        """Said when the held-out images were too few for the target FPR (:func:`small_calibration_warning`)."""
+        return small_calibration_warning(self.n_calibration, self.target_fpr)
 
     @torch.no_grad()
     def score(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -156,6 +178,9 @@ class ScoringModel:
             ``threshold`` and ``threshold_lh`` (or ``threshold_loo`` for the fallback), ``target_fpr``,
             and with test data ``test_fpr``, ``test_tpr`` (S_NND) and ``test_fpr_lh``, ``test_tpr_lh``.
         """
+        self.n_calibration, self.target_fpr = len(images), target_fpr
+        if self.calibration_warning():
+            warnings.warn(self.calibration_warning(), CalibrationWarning, stacklevel=2)
         if len(images):
             scores = self.score(images)
             self.thresholds = {k: threshold_at_fpr(scores[k], target_fpr) for k in SCORES}
@@ -178,20 +203,23 @@ class ScoringModel:
 
         Returns:
             One row per image: ``score`` (the chosen one), ``anomaly`` (score > threshold), ``nearest_index``
-            (training-bank image nearest in S_NND, -1 on error), ``score_nnd``, ``score_lh``, ``error`` ("" if fine).
+            (training-bank image nearest in S_NND, -1 on error), ``nearest_train`` (that image's id in the data
+            set, "" on error), ``score_nnd``, ``score_lh``, ``error`` ("" if fine).
         """
         threshold = self.thresholds.get(score)
         if threshold is None:
             raise ValueError(f"this model has no threshold for score {score!r} ({self.threshold_source}); use "
                              "score 'nnd', or train with calibration_fraction > 0")
         n = len(images)
-        out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": np.zeros(n, bool),
-                            "nearest_index": np.full(n, -1, np.int64), "score_nnd": np.full(n, np.nan),
+        # anomaly: empty (NA), not False, where the image could not be read
+        out = pd.DataFrame({"score": np.full(n, np.nan), "anomaly": pd.array([pd.NA] * n, dtype="boolean"),
+                            "nearest_index": np.full(n, -1, np.int64), "nearest_train": [""] * n,
+                            "score_nnd": np.full(n, np.nan),
                             "score_lh": np.full(n, np.nan), "error": [""] * n})
         ok, prepared = [], []
         for i, image in enumerate(images):
             try:
-                prepared.append(torch.from_numpy(prepare_image(_decode(image), self.prep)))
+                prepared.append(torch.from_numpy(prepare_image(decode(image), self.prep)))
                 ok.append(i)
             except Exception as err:  # noqa: BLE001 - any failure to read one image is that image's error
                 out.loc[i, "error"] = f"{type(err).__name__}: {err}"
@@ -201,45 +229,11 @@ class ScoringModel:
             out.loc[ok, "score"] = chosen
             out.loc[ok, "anomaly"] = chosen > threshold
             out.loc[ok, "nearest_index"] = s["nearest"].numpy()
+            ids = self.train_ids or [f"#{j}" for j in range(self.bank.shape[1])]
+            out.loc[ok, "nearest_train"] = [ids[j] for j in s["nearest"].tolist()]
             out.loc[ok, "score_nnd"] = s["nnd"].numpy().astype(np.float64)
             out.loc[ok, "score_lh"] = s["lh"].numpy().astype(np.float64)
         return out
-
-
-def _decode(image: Any) -> Any:
-    """A ``image`` column value: base64 text (optionally a ``data:`` URL) -> bytes; anything else as is."""
-    if image is None or (isinstance(image, float) and np.isnan(image)):
-        raise ValueError("no image: the row's 'path' and 'image' are both empty")
-    if isinstance(image, str):
-        try:
-            return base64.b64decode(image.split(",", 1)[1] if image.startswith("data:") else image, validate=True)
-        except binascii.Error as err:
-            raise ValueError(f"the 'image' value is not base64 text of an image file ({err})") from None
-    return image
-
-
-def input_images(model_input: Any) -> list[Any]:
-    """The images of a pyfunc input, one item per image.
-
-    Accepts a DataFrame with a ``path`` column (file paths) and/or an ``image`` column (base64 text of
-    PNG/JPEG bytes, bytes, or arrays; used where ``path`` is empty); a numpy array or tensor holding a batch
-    (N, C, H, W), (N, H, W, C) or (N, H, W), or one (H, W) image; or a list of any of these items.
-    """
-    if isinstance(model_input, pd.DataFrame):
-        if not {"path", "image"} & set(model_input.columns):
-            raise ValueError(f"expected a column 'path' (image files) or 'image' (base64 PNG/JPEG), got "
-                             f"{list(model_input.columns)}")
-        paths = model_input["path"] if "path" in model_input else pd.Series([None] * len(model_input))
-        data = model_input["image"] if "image" in model_input else pd.Series([None] * len(model_input))
-        return [Path(p) if isinstance(p, str) and p else d for p, d in zip(paths, data, strict=True)]
-    if isinstance(model_input, torch.Tensor):
-        model_input = model_input.cpu().numpy()
-    if isinstance(model_input, np.ndarray):
-        return [model_input] if model_input.ndim == 2 else list(model_input)
-    if isinstance(model_input, (list, tuple)):
-        return list(model_input)
-    raise TypeError(f"cannot score a {type(model_input).__name__}; pass a DataFrame with a 'path' or 'image' "
-                    "column, a numpy array of images, or a list of images")
 
 
 class Con2PyfuncModel(mlflow.pyfunc.PythonModel):
@@ -276,6 +270,12 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
     """
     if score not in SCORES:
         raise ValueError(f"score={score!r} is invalid: expected one of {', '.join(SCORES)}")
+    example = input_example(model.prep)
+    # outputs only: an input schema would make MLflow reject the arrays and lists predict() also takes
+    output = model.predict(input_images(example), score)
+    with warnings.catch_warnings():  # a hint that integer columns cannot hold NA: nearest_index never does
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer column")
+        signature = infer_signature(model_output=output.astype({"anomaly": bool}))  # no NA in the example
     with tempfile.TemporaryDirectory() as tmp:
         state = save_checkpoint(Path(tmp) / "con2_model.pt", model.state())
         script = Path(tmp) / "con2_pyfunc.py"
@@ -283,7 +283,7 @@ def log_model(model: ScoringModel, name: str = "model", score: str = "nnd") -> M
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(script), artifacts={"con2": str(state)},
             code_paths=[str(Path(__file__).resolve().parent)], pip_requirements=pip_requirements(),
-            model_config={"score": score, "device": "auto"}, signature=False,
+            model_config={"score": score, "device": "auto"}, signature=signature, input_example=example,
         )
 
 

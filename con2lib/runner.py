@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 
 from con2lib.config import Config
 from con2lib.paths import project_root, resolve
+from con2lib.progress import StreamEcho, known_parameters, notebook_html
+from con2lib.run_info import TAG_DESCRIPTION, description, run_name, source_tags
 
 T = TypeVar("T")
 TAG_RESUME_KEY, TAG_RESUMED = "con2.resume_key", "con2.resumed_from_epoch"
@@ -65,7 +67,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         params: flat parameters (a loaded params file plus overrides).
         notebook: the notebook to execute (relative paths: to the project root).
         output: where the executed notebook goes (default ``runs/<run id>/train.ipynb``).
-        quiet: do not echo the notebook's output.
+        quiet: echo only the notebook's progress lines (epoch, loss, ETA), not all of its output.
         tags: extra tags of the MLflow run (sweep id, point, parent run).
         kernel: Jupyter kernel name (default: the notebook's).
         mark_dead: first end as FAILED the runs of this host whose process died (a sweep does this
@@ -100,7 +102,9 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         reopen(client, run_id, {**run_tags, TAG_RESUMED: str(epoch)})
         print(f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch {epoch}", flush=True)
     else:
-        run = retry_locked(lambda: client.create_run(experiment_id, run_name=cfg.run_name or None, tags=run_tags))
+        run_tags.update(source_tags(project_root()))
+        run = retry_locked(lambda: client.create_run(experiment_id, run_name=cfg.run_name or run_name(cfg),
+                                                     tags=run_tags))
         run_id = run.info.run_id
     out = Path(output) if output else tracking.run_dir(run_id) / "train.ipynb"
     error: BaseException | None = None
@@ -110,15 +114,19 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
 
         out.parent.mkdir(parents=True, exist_ok=True)
         print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}", flush=True)
-        papermill.execute_notebook(
-            str(resolve(notebook)), str(out), parameters={**params, "run_id": run_id},
-            cwd=str(project_root()), progress_bar=False, log_output=not quiet, kernel_name=kernel,
-        )
+        # stdout_file: the notebook's output reaches the terminal as it is written (all of it, or the
+        # progress lines when quiet); coalesce_streams: the notebook keeps each bar's last state only
+        with known_parameters(cfg.to_dict()):
+            papermill.execute_notebook(
+                str(resolve(notebook)), str(out), parameters={**params, "run_id": run_id},
+                cwd=str(project_root()), progress_bar=False, kernel_name=kernel,
+                stdout_file=StreamEcho(sys.stdout, everything=not quiet), coalesce_streams=True,
+            )
     except BaseException as err:  # noqa: BLE001 - KeyboardInterrupt too
         error = err
     finally:
         restore()
-    status = _finish(client, run_id, out, error)
+    status = _finish(client, run_id, out, error, cfg)
     if isinstance(error, KeyboardInterrupt):
         raise error
     return run_id, status
@@ -178,13 +186,18 @@ def retry_locked(call: Callable[[], T], attempts: int = 8, delay_s: float = 0.5)
     raise AssertionError("unreachable")
 
 
-def _finish(client: Any, run_id: str, out: Path, error: BaseException | None) -> str:
-    """Ends the run (unless the notebook did), logs the executed notebook, reports; returns the status."""
+def _finish(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: Config) -> str:
+    """Ends the run (unless the notebook did), logs the executed notebook and the run's description, reports;
+    returns the status."""
     import mlflow
 
     from con2lib import tracking
 
     status = client.get_run(run_id).info.status
+    try:  # a description is a convenience: it must not hide how the run ended
+        client.set_tag(run_id, TAG_DESCRIPTION, description(cfg, client.get_run(run_id).data.metrics))
+    except Exception as err:  # noqa: BLE001
+        print(f"con2 run: could not set the description of run {run_id}: {err}", file=sys.stderr)
     if error is None:
         _log_notebook(client, run_id, out)
         if status == "RUNNING":
@@ -216,10 +229,12 @@ def _finish(client: Any, run_id: str, out: Path, error: BaseException | None) ->
 
 
 def _log_notebook(client: Any, run_id: str, out: Path) -> None:
+    """Logs the executed notebook, and as HTML next to it (the artifact viewer shows HTML, not .ipynb)."""
     if not out.is_file():
         return
     try:
         client.log_artifact(run_id, str(out), artifact_path="notebook")
+        client.log_artifact(run_id, str(notebook_html(out)), artifact_path="notebook")
     except Exception as err:  # noqa: BLE001 - a full disk must not hide how the run ended
         print(f"con2 run: could not log the executed notebook {out}: {err}", file=sys.stderr)
 

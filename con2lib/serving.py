@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-COLUMNS = ("path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "error")
+COLUMNS = ("path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "nearest_train", "error")
 _LISTED = 20  # unreadable files named on stderr; all of them are rows of the CSV
 
 
@@ -100,8 +100,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     # argparse guarantees one argument at least, so there is a file or a problem row to concatenate
     table = pd.concat([p for p in parts if len(p)], ignore_index=True).reindex(columns=list(COLUMNS))
     table["error"] = table["error"].fillna("")
+    table["nearest_train"] = table["nearest_train"].fillna("")
     table["nearest_index"] = table["nearest_index"].fillna(-1).astype("int64")
-    table["anomaly"] = table["anomaly"].eq(True)  # rows of unusable arguments have none: not anomalous
+    table["anomaly"] = table["anomaly"].astype("boolean")  # empty where not scored: unknown, not "normal"
     table.to_csv(sys.stdout if args.out == "-" else args.out, index=False)
     failed = table[table["error"] != ""]
     scored = len(table) - len(failed)
@@ -110,6 +111,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         more = f"\n  ... and {len(failed) - _LISTED} more" if len(failed) > _LISTED else ""
         print(f"con2 score: {len(failed)} image(s) could not be scored (rows with an error in {args.out}):\n"
               f"  {listed}{more}", file=sys.stderr)
+    warning = inner.model.calibration_warning()
+    if warning:
+        print(f"con2 score: warning: {warning}", file=sys.stderr)
     threshold = inner.model.thresholds[inner.score_name]
     print(f"con2 score: {scored} image(s) scored, {int(table['anomaly'].sum())} anomalous (S_{inner.score_name.upper()}"
           f" > {threshold:.6g}; {inner.model.threshold_source}) -> {args.out}", file=sys.stderr)

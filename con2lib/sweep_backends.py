@@ -23,6 +23,7 @@ from typing import Any
 
 from con2lib import sweep as sw
 from con2lib.paths import project_root
+from con2lib.progress import StreamEcho
 from con2lib.runner import run_point
 
 OnDone = Callable[[dict[str, Any], str], None]
@@ -220,7 +221,9 @@ class LocalBackend:
         spec = {**task, "gpu": bool(slot.get("CON2_GPU")), "result": str(result), "parent_pid": os.getpid()}
         stem.with_suffix(".json").write_text(json.dumps(spec))
         env = {**os.environ, **slot, "PYTHONUNBUFFERED": "1"}
-        with stem.with_suffix(".log").open("a") as log, lock:
+        log_path = stem.with_suffix(".log")
+        offset = log_path.stat().st_size if log_path.is_file() else 0  # an earlier attempt's lines: not echoed
+        with log_path.open("a") as log, lock:
             if stopping.is_set():
                 return "not started (sweep interrupted)"
             # a session of its own: Ctrl-C reaches the sweep only, which stops each worker once
@@ -228,12 +231,30 @@ class LocalBackend:
                                     cwd=project_root(), env=env, stdout=log, stderr=subprocess.STDOUT,
                                     start_new_session=True)
             procs[task["key"]] = proc
-        code = proc.wait()
+        code = _follow(proc, log_path, offset, f"con2 sweep: point {task['index']} ({task['label']}): ")
         with lock:
             procs.pop(task["key"], None)
         if result.is_file():
             return json.loads(result.read_text())["outcome"]
         return f"worker exited with code {code} (log: {stem.with_suffix('.log')})"
+
+
+def _follow(proc: subprocess.Popen, log: Path, offset: int, label: str, poll_s: float = 0.5) -> int:
+    """Waits for a worker, echoing the progress lines it writes to its log; returns its exit code.
+
+    The worker writes to a file, not a pipe: a sweep that dies must not take the worker's output with it
+    (the worker still has to end its run KILLED).
+    """
+    echo = StreamEcho(sys.stdout, label=label)
+    with log.open() as reader:
+        reader.seek(offset)
+        while True:
+            code = proc.poll()
+            echo.write(reader.read())
+            echo.flush()
+            if code is not None:
+                return code
+            time.sleep(poll_s)
 
 
 class SlurmBackend:

@@ -27,6 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from con2lib.config import Config
 from con2lib.paths import project_root
+from con2lib.run_info import run_name, source_tags
 
 TAG_PID, TAG_HOST, TAG_FAILURE = "con2.pid", "con2.host", "con2.failure"
 MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
@@ -99,7 +100,8 @@ def start_run(cfg: Config) -> mlflow.ActiveRun:
     if cfg.run_id:
         run = mlflow.start_run(run_id=cfg.run_id)
     else:
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name or None)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=cfg.run_name or run_name(cfg),
+                               tags=source_tags(project_root()))
     mlflow.set_tags({TAG_PID: str(os.getpid()), TAG_HOST: socket.gethostname()})
     mlflow.log_params({k: _param(v) for k, v in cfg.to_dict().items() if k != "run_id"})
     return run
@@ -209,13 +211,10 @@ def log_dict_params(prefix: str, values: dict[str, Any]) -> None:
 
 
 def log_figure(fig: Any, name: str) -> None:
-    """Logs a plotly figure as a self-contained interactive HTML artifact (viewable offline)."""
-    import tempfile
+    """Logs a plotly figure as ``figures/<name>.html``: interactive, offline, about 2 MB (:mod:`con2lib.figure_html`)."""
+    from con2lib.figure_html import figure_html
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"{name}.html"
-        fig.write_html(path, include_plotlyjs=True, full_html=True)
-        mlflow.log_artifact(str(path), artifact_path="figures")
+    mlflow.log_text(figure_html(fig, name), f"figures/{name}.html")
 
 
 class EpochLogger:

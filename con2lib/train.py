@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +31,7 @@ from con2lib.checkpoint import resume_training, save_checkpoint, training_state
 from con2lib.config import Config
 from con2lib.losses import con2_loss, supcon_loss
 from con2lib.models import Con2Model, resolve_stem
+from con2lib.progress import epoch_line
 from con2lib.schedules import cosine_lr, linear_alpha
 
 # NHWC convolutions: tensor cores on CUDA, oneDNN on CPU (measured 25-30% faster steps on 2 CPU cores)
@@ -135,7 +137,8 @@ def fit(
         model: encoder and heads, already on the training device.
         train_images: uint8 (N, C, H, W) normal training images on the training device.
         on_epoch: called after every epoch with its statistics and the model (logging).
-        progress: show a progress bar.
+        progress: show a progress bar (text, so an executed notebook keeps it finished) and print one
+            line per epoch (:func:`con2lib.progress.epoch_line`), which ``con2 run`` echoes to the terminal.
         checkpoint: path of the training checkpoint (model, optimiser, scheduler, RNG states:
             :func:`con2lib.checkpoint.training_state`), written every ``cfg.checkpoint_every`` epochs and
             after the last, once ``on_epoch`` returned. If it already holds one of this config, training
@@ -152,7 +155,8 @@ def fit(
         NonFiniteLossError: a loss became NaN or infinite (the epoch and step are named).
         ValueError: ``checkpoint`` holds the training state of other parameters.
     """
-    from tqdm.auto import tqdm
+    # the text bar: a widget bar is stored in an executed notebook as its first state (0%)
+    from tqdm import tqdm
 
     device = train_images.device
     group = distributed.join(device)
@@ -173,7 +177,8 @@ def fit(
         history = [EpochStats(**h) for h in saved]
         forward = prepare_model(cfg, model, device, wrap=group.wrap if group is not None else None)
         bar = tqdm(range(done + 1, cfg.epochs + 1), desc="training", unit="epoch", disable=not progress,
-                   initial=done, total=cfg.epochs)
+                   initial=done, total=cfg.epochs, file=sys.stderr)
+        began = time.perf_counter()
         for epoch in bar:
             model.train()
             start = time.perf_counter()
@@ -201,6 +206,8 @@ def fit(
                                steps * batch / seconds)
             history.append(stats)
             bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.images_per_s:.0f}")
+            if progress and lead:
+                print(epoch_line(stats, cfg.epochs, time.perf_counter() - began, epoch - done), flush=True)
             if lead and on_epoch is not None:
                 on_epoch(stats, model)
             # after on_epoch: a run killed in between resumes from the previous checkpoint and logs no gap

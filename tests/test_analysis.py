@@ -24,10 +24,11 @@ from sklearn.cluster import KMeans
 
 from con2lib import analysis
 from con2lib.baselines import SSDScorer
-from con2lib.checkpoint import model_state, save_checkpoint
+from con2lib.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import evaluate
+from con2lib.pyfunc_model import ScoringModel, log_model, preprocess_for
 from con2lib.train import build_model, fit, seed_everything
 
 CLASS_NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Pullover"}
@@ -52,11 +53,11 @@ def metrics_of(key: tuple) -> dict[str, float]:
 
 
 def log_run(client: MlflowClient, experiment_id: str, key: tuple, metrics: dict[str, float],
-            status: str = "FINISHED") -> str:
+            status: str = "FINISHED", epochs: int = 2) -> str:
     cls, context, seed, loss = key
     run = client.create_run(experiment_id, run_name=f"{cls}-{context}-{seed}-{loss}")
     params = {"dataset": "fashionmnist", "normal_class": cls, "context": context, "seed": seed, "loss": loss,
-              "epochs": 2, "data.normal_classes": CLASS_NAMES[cls]}
+              "epochs": epochs, "data.normal_classes": CLASS_NAMES[cls]}
     now = int(time.time() * 1000)
     client.log_batch(run.info.run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                      params=[Param(k, str(v)) for k, v in params.items()])
@@ -98,13 +99,15 @@ def test_load_runs_flattens_finished_runs_only(runs_store) -> None:
     assert list(runs.columns[:10]) == list(analysis.ID_COLUMNS)
     assert runs["seed"].dtype == "Int64" and set(runs["normal_class"]) == {"0", "1", "2"}
     assert "loss_last" in runs and (runs["loss_last"] == 1.5).all()  # the per-epoch metric named like the param
+    seeds = runs[(runs["normal_class"] == "0") & (runs["context"] == "invert") & (runs["loss"] == "con2")]
+    assert seeds["config"].nunique() == 1 and '"epochs": "2"' in seeds["config"].iloc[0]  # seed not in it
     no_ssd = runs[(runs["normal_class"] == "1") & (runs["context"] == "invert") & (runs["seed"] == 1)]
     assert no_ssd["auroc_ssd"].isna().all() and runs["auroc_ssd"].notna().sum() == len(RUNS) - 1
     assert len(analysis.load_runs("fashionmnist", "params.context = 'flip'")) == 3
     assert len(analysis.load_runs(None)) == len(RUNS)
     with pytest.warns(UserWarning, match="no experiment named"):
         empty = analysis.load_runs("nope,also_nope")
-    assert empty.empty and list(empty.columns) == list(analysis.ID_COLUMNS)
+    assert empty.empty and list(empty.columns) == [*analysis.ID_COLUMNS, "config"]
 
 
 def test_pivot_table_matches_direct_statistics(runs_store) -> None:
@@ -147,10 +150,11 @@ def test_format_and_style_mark_the_best_cell_and_leave_gaps(runs_store) -> None:
 
 def test_summaries_tta_and_methods(runs_store) -> None:
     runs = analysis.load_runs("fashionmnist")
-    summary = analysis.summarise(runs, ["auroc_nnd", "auroc_lh", "auroc_ssd"], ["dataset", "loss"])
+    summary = analysis.summarise(runs, ["auroc_nnd", "auroc_lh", "auroc_ssd"], ["dataset", "loss"],
+                                 pool_over=["normal_class", "context"])
     row = summary[(summary["loss"] == "con2") & (summary["score"] == "auroc_ssd")].iloc[0]
     assert row["runs"] == 7 and row["n"] == 2
-    tta = analysis.tta_effect(runs[runs["loss"] == "con2"])
+    tta = analysis.tta_effect(runs[runs["loss"] == "con2"], pool_over=["normal_class", "context"])
     assert set(tta["tta"]) == {"with TTA", "without TTA"} and set(tta["score"]) == {"auroc_nnd", "auroc_lh"}
     gap = tta.set_index(["score", "tta"])["mean"]
     assert gap[("auroc_nnd", "with TTA")] - gap[("auroc_nnd", "without TTA")] == pytest.approx(1.0)
@@ -159,6 +163,24 @@ def test_summaries_tta_and_methods(runs_store) -> None:
     assert {"CON2 (invert) + S_NND", "CON2 (flip) + S_LH", "SimCLR + S_NND", "SSD"} <= set(methods["method"])
     assert methods.loc[methods["method"] == "SSD", "auroc"].item() == pytest.approx(nnd(0, "invert", 0, "simclr") - 0.1)
     assert analysis.missing_variants(runs, "loss", ("con2", "context_only", "simclr")) == ["context_only"]
+
+
+def test_runs_that_differ_in_more_than_the_seed_are_shown_apart(runs_store) -> None:
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name("fashionmnist").experiment_id
+    log_run(client, experiment_id, (0, "invert", 0, "con2"), {"auroc_nnd": 0.99}, epochs=40)
+    log_run(client, experiment_id, (2, "invert", 0, "con2"), metrics_of((2, "invert", 0, "con2")))  # seed 0 again
+    con2 = analysis.load_runs("fashionmnist").query("loss == 'con2'")
+    text = analysis.format_pivot(analysis.pivot_table(con2))
+    mean, std, _ = direct("auroc_nnd", 0, "invert")
+    assert text.loc[("fashionmnist [epochs=2]", "0"), "invert"] == f"{mean:.1f} ± {std:.1f} (2)"
+    assert set(text.index.get_level_values(0)) == {"fashionmnist [epochs=2]", "fashionmnist [epochs=40]"}
+    assert text.loc[("fashionmnist [epochs=40]", "0"), "invert"] == "99.0 (1)*"
+    assert text.loc[("fashionmnist [epochs=2]", "2"), "invert"] == f"{100 * nnd(2, 'invert', 0, 'con2'):.1f} ± 0.0 (2)*"
+    # a mean over classes pools the classes, never the 40-epoch run
+    by_dataset = analysis.pivot_table(con2, rows=("dataset",), pool_over=["normal_class"])
+    assert by_dataset.loc["fashionmnist [epochs=40]", ("runs", "invert")] == 1
+    assert by_dataset.loc["fashionmnist [epochs=2]", ("runs", "invert")] == 6
 
 
 def execute(notebook: str, out_name: str, tmp_path: Path, **parameters: object) -> dict:
@@ -183,18 +205,18 @@ def plot_count(nb: dict) -> int:
 
 
 def train_and_log_tiny_run(tmp_path: Path) -> str:
-    """A tiny trained run logged as the training notebook logs it: AUROCs and checkpoint/checkpoint.pt."""
+    """A tiny trained run logged as the training notebook logs it: its split, AUROCs and model."""
     cfg = Config.from_params({**TINY, "experiment": "explore"})
     seed_everything(cfg.seed)
-    data = load_dataset(cfg)
+    data, calibration_images = split_calibration(load_dataset(cfg), cfg.calibration_fraction, cfg.split_seed)
     model = build_model(cfg, data.train.shape[1])
     fit(cfg, model, data.train, progress=False)
     result = evaluate(cfg, model.encoder, data, torch.device("cpu"))
     with mlflow.start_run(experiment_id=make_experiment("explore", tmp_path)) as run:
         mlflow.log_metrics({"auroc_nnd": result.auroc_nnd, "auroc_lh": result.auroc_lh})
-        path = save_checkpoint(tmp_path / "ckpt" / "checkpoint.pt", model_state(
-            model, cfg.to_dict(), epoch=cfg.epochs, scorer={k: v.cpu() for k, v in result.scorer.state_dict().items()}))
-        mlflow.log_artifact(str(path), artifact_path="checkpoint")
+        scoring = ScoringModel.from_evaluation(cfg, model.encoder, result, preprocess_for(cfg, 1), torch.device("cpu"))
+        scoring.calibrate(calibration_images, cfg.target_fpr)
+        log_model(scoring)
     return run.info.run_id
 
 
@@ -248,7 +270,7 @@ def test_notebooks_compare_explore_efficiency(runs_store, tmp_path) -> None:
     # no matching run at all: a message, no exception, and no report run of its own
     assert "nothing to compare" in notebook_text(nbs["empty"]) and plot_count(nbs["empty"]) == 0
 
-    # explore: same split, weights and TTA give the logged AUROCs again; every view is drawn
+    # explore: the logged model on the run's split gives the logged AUROCs again; every view is drawn
     text = notebook_text(nbs["explore"])
     for name in ("auroc_nnd", "auroc_lh"):
         recomputed, logged = re.search(rf"{name}: recomputed ([\d.]+), logged ([\d.]+)", text).groups()

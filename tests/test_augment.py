@@ -58,7 +58,8 @@ def test_content_augment_per_sample_parameters() -> None:
     # identical inputs, different random parameters per image
     assert len({tuple(o.flatten()[:20].tolist()) for o in out}) == 6
     shared = ContentAugment(size=12)(x, torch.Generator().manual_seed(0), shared=True)
-    assert all(torch.equal(shared[0], s) for s in shared)
+    for s in shared:  # one parameter set; rows may take other SIMD paths (FMA or not): equal within rounding
+        torch.testing.assert_close(s, shared[0], rtol=0, atol=1e-6)
 
 
 def test_content_augment_reproducible_with_generator_and_grayscale_input() -> None:

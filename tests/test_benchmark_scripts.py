@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
-from conftest import TINY
+from conftest import TINY, make_experiment
 
 from benchmarks.oneclass import pixel_knn_auroc, table, write_grid
 from con2lib.config import Config
@@ -123,3 +124,36 @@ def test_pixel_baseline_in_blocks_equals_one_block(monkeypatch) -> None:
     whole = nnd_score(test.flatten(1).float(), train.flatten(1).float())
     monkeypatch.setattr(baselines, "_PIXEL_BLOCK_BYTES", 4 * 64 * 70)  # 70-row blocks: several on each side
     torch.testing.assert_close(baselines.pixel_knn_scores(train, test), whole)
+
+
+def test_readme_results_come_from_the_store(fast_store, tmp_path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from benchmarks import readme_results
+    from con2lib.paramfiles import load_params
+    from con2lib.paths import project_root
+    from con2lib.run_info import TAG_MACHINE
+
+    params = load_params(project_root() / "params" / "quickstart.yaml")
+    cfg = Config.from_params(params)
+    client = MlflowClient()
+    experiment = make_experiment(cfg.experiment, tmp_path)
+    logged = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items()}
+    for epochs, nnd in ((cfg.epochs, 0.9071), (3, 0.5)):  # a run with -p epochs 3 is not the quickstart
+        run = client.create_run(experiment, tags={TAG_MACHINE: "Test CPU, 2 cores"})
+        for key, value in {**logged, "epochs": str(epochs)}.items():
+            client.log_param(run.info.run_id, key, value)
+        for key, value in {"auroc_nnd": nnd, "auroc_lh": 0.925, "auroc_nnd_notta": 0.847, "auroc_lh_notta": 0.886,
+                           "auroc_ssd": 0.926}.items():
+            client.log_metric(run.info.run_id, key, value)
+        client.set_terminated(run.info.run_id, "FINISHED")
+    table = readme_results.results_table(client)
+    [quick, fashion] = table.splitlines()[2:]
+    assert "| 90.7 / 92.5 | 84.7 / 88.6 | 92.6 |" in quick and "| Test CPU, 2 cores |" in quick
+    assert re.search(r"\| \d{4}-\d\d-\d\d \|$", quick)
+    assert "no run yet: `con2 run params/fashionmnist.yaml`" in fashion
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{readme_results.START}\nold numbers\n{readme_results.END}\nrest\n")
+    assert readme_results.main(["--write", str(readme)]) == 0
+    text = readme.read_text()
+    assert "old numbers" not in text and table in text and text.startswith("intro\n") and text.endswith("rest\n")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from con2lib.cli import load_params
+from con2lib.paramfiles import load_params
 from con2lib.config import Config
 
 
@@ -72,3 +72,10 @@ def test_every_point_of_every_shipped_sweep_is_a_valid_config() -> None:
     for path in grids:
         for point in load_sweep(path).points:
             Config.from_params(point.params)
+
+
+def test_the_config_knows_every_data_set_the_registry_loads() -> None:
+    from con2lib.config import DATASET_NAMES
+    from con2lib.data import DATASETS
+
+    assert tuple(DATASETS) == DATASET_NAMES

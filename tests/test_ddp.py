@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY
 
-from con2lib import distributed
+from con2lib import ddp_worker, distributed
 from con2lib.config import Config
 from con2lib.train import build_model, content_augment_for, fit, make_views, train_step
 
@@ -84,7 +84,7 @@ def test_gathered_loss_and_gradients_equal_the_single_process_ones(tmp_path, mon
 def _fit(rank: int, out: Path) -> None:
     """Rank 0 trains as the notebook does; rank 1 as a torchrun worker (receives config and images)."""
     if rank:
-        model = distributed.train_worker(torch.device("cpu"))
+        model = ddp_worker.train_worker(torch.device("cpu"))
         torch.save({"state": model.state_dict()}, out / "rank1.pt")
         return
     from con2lib.data import load_dataset

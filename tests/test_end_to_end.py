@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 
+import nbformat
 import pytest
 
 import torch
@@ -11,6 +13,7 @@ import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
+import con2lib
 from con2lib.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
@@ -32,9 +35,17 @@ def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path
     proc = subprocess.run(con2_command("run", str(params), "-p", "seed", "1", "--quiet"), cwd=ROOT, env=store,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # progress reaches the terminal while training, even --quiet; valid parameters draw no papermill warning
+    for epoch in (1, 2):
+        assert re.search(rf"^epoch {epoch}/2  loss \d+\.\d+ \(context .*\d+ img/s .*ETA \d+", proc.stdout, re.M)
+    assert "Passed unknown parameter" not in proc.stderr, proc.stderr[-3000:]
     client = MlflowClient()
     [run] = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
     assert run.info.status == "FINISHED"
+    notebook = nbformat.read(tmp_path / "runs" / run.info.run_id / "train.ipynb", as_version=4)
+    [training] = [c for c in notebook.cells if "history = fit(" in c.source]
+    bars = "".join(o.get("text", "") for o in training.outputs if o.get("name") == "stderr")
+    assert "training: 100%" in bars and "\r" not in bars  # a finished text bar, its redraws collapsed
     metrics = run.data.metrics
     assert 0 <= metrics["auroc_nnd"] <= 1 and 0 <= metrics["auroc_lh"] <= 1
     for name in ("auroc_nnd_notta", "auroc_lh_notta", "auroc_ssd"):
@@ -45,8 +56,21 @@ def test_con2_run_logs_a_finished_run_with_metrics_and_artifacts(store, tmp_path
     assert run.data.params["seed"] == "1" and run.data.params["context"] == "auto"
     assert run.data.params["context_resolved"] in ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute")
     assert run.data.params["data.normal_classes"] == "1"
+    # runs one can tell apart: name from the config, code version, data sets, a description
+    assert run.info.run_name == "digits-1-auto-s1"
+    tags = run.data.tags
+    assert tags["con2.version"] == con2lib.__version__
+    if (ROOT / ".git").exists():  # a git checkout (not an unpacked archive)
+        assert re.fullmatch(r"[0-9a-f]{40}", tags["con2.git_commit"]) and tags["con2.git_dirty"] in ("true", "false")
+        assert tags["mlflow.source.git.commit"] == tags["con2.git_commit"]
+    note = tags["mlflow.note.content"]
+    assert f"S_NND **{100 * metrics['auroc_nnd']:.2f}**" in note and "`loss_context`" in note
+    datasets = {next(t.value for t in d.tags if t.key == "mlflow.data.context"): d.dataset
+                for d in run.inputs.dataset_inputs}
+    assert set(datasets) == {"training", "test"} and datasets["training"].name == "digits-1-training"
+    assert "sklearn.datasets.load_digits" in datasets["training"].source and datasets["test"].digest
     assert artifact_paths(client, run.info.run_id) >= {
-        "checkpoint/checkpoint.pt", "notebook/train.ipynb", "figures/representation_space.html",
+        "notebook/train.html", "checkpoint/checkpoint.pt", "notebook/train.ipynb", "figures/representation_space.html",
         "figures/roc.html", "contexts/ranking.csv"}
     local = client.download_artifacts(run.info.run_id, "checkpoint/checkpoint.pt", str(tmp_path))
     state = load_checkpoint(local)  # weights_only=True inside

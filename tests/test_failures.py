@@ -11,6 +11,7 @@ import collections
 import errno
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -374,3 +375,20 @@ def test_ui_and_lab_bind_to_localhost_by_default(store, monkeypatch) -> None:
     assert commands[0][commands[0].index("--host") + 1] == "127.0.0.1"
     assert commands[1][commands[1].index("--host") + 1] == "0.0.0.0"
     assert "--ip 127.0.0.1" in (ROOT / "Makefile").read_text()
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("root", [True, False])
+def test_make_lab_starts_without_a_browser_and_as_root_when_root(tmp_path, root) -> None:
+    # a fake `id` answers the uid: `make -n` prints the command for a root and for a normal user
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "id").write_text(f"#!/bin/sh\necho {0 if root else 1000}\n")
+    (fake / "id").chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    out = subprocess.run(["make", "-n", "lab", f"VENV={tmp_path / 'venv'}"], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    [command] = [line for line in out.stdout.splitlines() if "jupyter lab" in line]
+    assert "--no-browser" in command and "--ip 127.0.0.1" in command
+    assert ("--allow-root" in command) == root

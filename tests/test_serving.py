@@ -9,6 +9,7 @@ import base64
 import io
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,17 +25,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from test_datasets import CASES, _params  # the data sets' on-disk fixtures (tests/fixtures_data.py)
 
-from con2lib.calibration import CalibrationWarning, loo_nnd_scores, rates, split_calibration, threshold_at_fpr
+from con2lib.calibration import (CalibrationWarning, fpr_range, loo_nnd_scores, rates, small_calibration_warning,
+                                 split_calibration, threshold_at_fpr)
 from con2lib.cli import main as con2_main
 from con2lib.config import Config
 from con2lib.data import DATASETS, OneClassData, load_dataset
 from con2lib.data.images import list_images, prepare_image
+from con2lib.evaluate import extract_features
 from con2lib.pyfunc_model import PREPROCESSING, ScoringModel, pip_requirements, preprocess_for
 
 PARAMS = {**TINY, "calibration_fraction": 0.25, "experiment": "serving"}
@@ -74,6 +78,19 @@ def test_threshold_at_fpr_is_the_linear_quantile() -> None:
         threshold_at_fpr([1.0, 2.0], 1.0)
 
 
+@pytest.mark.parametrize("n", [9, 40])
+def test_fpr_range_holds_the_fpr_of_thresholds_set_on_n_normal_scores(n: int) -> None:
+    # normal scores uniform on (0, 1): a threshold t flags 1 - t of new normal images
+    rng = np.random.default_rng(0)
+    fprs = [1 - threshold_at_fpr(rng.random(n), 0.05) for _ in range(4000)]
+    low, high = fpr_range(n, 0.05)
+    # the linear quantile interpolates two order statistics; the Beta of one is close to it
+    assert np.quantile(fprs, 0.05) == pytest.approx(low, abs=0.015)
+    assert np.quantile(fprs, 0.95) == pytest.approx(high, abs=0.025)
+    assert "(90% range)" in small_calibration_warning(n, 0.05)
+    assert small_calibration_warning(200, 0.05) is None and small_calibration_warning(0, 0.05) is None
+
+
 def test_rates_count_scores_strictly_above_the_threshold() -> None:
     labels = [0, 0, 0, 0, 1, 1, 1]
     scores = [0.1, 0.4, 0.5, 0.9, 0.4, 0.6, 0.95]
@@ -91,6 +108,14 @@ def _numbered(n: int) -> OneClassData:
                         {"n_train": n})
 
 
+def test_training_images_keep_their_data_set_ids_through_subsampling() -> None:
+    data = load_dataset(Config.from_params(TINY))  # digits, 32 of the normal training images
+    full = load_dataset(Config.from_params({**TINY, "max_train": 0}))
+    assert len(set(data.train_ids)) == 32 and all(i.startswith("train[") for i in data.train_ids)
+    for image_id, image in zip(data.train_ids, data.train):  # uint8 copies of the same images
+        assert torch.equal(full.train[full.train_ids.index(image_id)], image)
+
+
 def test_split_calibration_holds_out_a_seeded_disjoint_fraction() -> None:
     data = _numbered(40)
     rest, held = split_calibration(data, 0.25, seed=3)
@@ -98,6 +123,7 @@ def test_split_calibration_holds_out_a_seeded_disjoint_fraction() -> None:
     assert len(out) == 10 and len(kept) == 30
     assert sorted(kept + out) == list(range(40)) and kept == sorted(kept)  # disjoint, complete, order kept
     assert rest.info == {"n_train": 30, "n_calibration": 10, "calibration_fraction": 0.25}
+    assert rest.train_ids == tuple(f"#{i}" for i in kept)  # each image keeps its id in the data set
     assert torch.equal(split_calibration(data, 0.25, seed=3)[1], held)  # seeded
     assert not torch.equal(split_calibration(data, 0.25, seed=4)[1], held)
     assert rest.test is data.test
@@ -150,6 +176,19 @@ def test_new_image_files_are_prepared_as_the_loaders_prepared_training_images(na
         np.testing.assert_array_equal(prepare_image(files[0].read_bytes(), prep), prepared[0])
 
 
+def assert_same_nearest(model: ScoringModel, images: torch.Tensor, got: np.ndarray, want: np.ndarray) -> None:
+    """Nearest training images found by two code paths: the same, or two bank images equally near.
+
+    Features of other batch sizes differ in rounding, so a near tie may break either way.
+    """
+    differ = np.flatnonzero(got != want)
+    if len(differ):
+        feats = extract_features(model.encoder, images[differ], model.views, model.cfg, model.device)[0].cpu()
+        sims = F.normalize(feats, dim=1) @ F.normalize(model.bank[0], dim=1).T
+        rows = torch.arange(len(differ))
+        torch.testing.assert_close(sims[rows, got[differ]], sims[rows, want[differ]], rtol=0, atol=1e-5)
+
+
 # --- the logged model ------------------------------------------------------------------------------------
 
 
@@ -159,6 +198,11 @@ def test_model_is_logged_with_its_code_requirements_and_calibration(trained) -> 
     local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(trained.folder / "model")))
     assert (local / "code" / "con2lib" / "pyfunc_model.py").is_file()
     assert (local / "artifacts" / "con2_model.pt").is_file()
+    # a signature of the output table (inputs are free-form: files, base64 images, arrays) and an input example
+    assert info.signature.inputs is None
+    assert {"score", "anomaly", "nearest_index", "score_nnd", "error"} <= set(info.signature.outputs.input_names())
+    example = json.loads((local / "input_example.json").read_text())
+    assert example["columns"] == ["image"] and len(example["data"]) == 1
     requirements = (local / "requirements.txt").read_text().split()
     assert set(pip_requirements()) <= set(requirements)
     assert f"torch=={torch.__version__.split('+')[0]}" in requirements
@@ -183,7 +227,8 @@ def test_model_scores_equal_the_training_runs_test_scores(trained) -> None:
     assert len(out) == len(expected) and (out["error"] == "").all()
     np.testing.assert_allclose(out["score_nnd"], expected["score_nnd"], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out["score_lh"], expected["score_lh"], rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(out["nearest_index"], expected["nearest_index"])
+    assert_same_nearest(model.unwrap_python_model().model, trained.data.test, out["nearest_index"].to_numpy(),
+                        expected["nearest_index"].to_numpy())
     np.testing.assert_array_equal(out["score"], out["score_nnd"])
     threshold = trained.run.data.metrics["threshold"]
     np.testing.assert_array_equal(out["anomaly"], out["score"] > threshold)
@@ -251,21 +296,32 @@ def test_con2_score_writes_a_row_per_image_and_reports_unreadable_files(trained,
     (folder / "broken.png").write_bytes(b"not an image")
     (folder / "notes.txt").write_text("not listed: not an image file")
     out = tmp_path / "scores.csv"
+    model = mlflow.pyfunc.load_model(trained.uri).unwrap_python_model().model
     # in-process (the `con2 run` fixture covers the console entry point): a subprocess costs 10 s of imports
     code = con2_main(["score", "--model", trained.uri, str(folder), str(tmp_path / "missing.png"), "--out", str(out)])
     stderr = capsys.readouterr().err
     assert code == 0, stderr[-3000:]
     table = pd.read_csv(out, keep_default_na=False)
-    assert list(table.columns) == ["path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index", "error"]
+    assert list(table.columns) == ["path", "score", "score_nnd", "score_lh", "anomaly", "nearest_index",
+                                   "nearest_train", "error"]
     assert len(table) == 5
     bad = table[table["error"] != ""]
     assert sorted(Path(p).name for p in bad["path"]) == ["broken.png", "missing.png"]
     assert "broken.png" in stderr and "missing.png" in stderr and "3 image(s) scored" in stderr
+    # not scored: no decision and no nearest image either
+    assert (bad["anomaly"] == "").all() and (bad["score"] == "").all() and (bad["nearest_train"] == "").all()
+    # 8 calibration images for a 5% target: the FPR's uncertainty is said
+    assert re.search(r"warning: the threshold was calibrated on 8 normal images .* 0\.0\d\d-0\.[23]\d\d \(90% range\)",
+                     stderr), stderr
     good = table[table["error"] == ""].set_index(table[table["error"] == ""]["path"].map(lambda p: Path(p).name))
     for i in range(3):
         row = good.loc[f"img{i}.png"]
         assert float(row["score_nnd"]) == pytest.approx(trained.scores["score_nnd"][i], rel=1e-5, abs=1e-5)
-        assert int(row["nearest_index"]) == trained.scores["nearest_index"][i]
+        assert_same_nearest(model, trained.data.test[[i]], np.array([int(row["nearest_index"])]),
+                            trained.scores["nearest_index"].to_numpy()[[i]])
+        # the nearest image named by its id in the data set: the training split of digits, not the bank row
+        assert row["nearest_train"] == model.train_ids[int(row["nearest_index"])]
+        assert re.fullmatch(r"train\[\d+\]", row["nearest_train"])
         assert str(row["anomaly"]) == str(float(row["score"]) > trained.run.data.metrics["threshold"])
 
 

@@ -272,6 +272,7 @@ def test_killed_local_sweep_completes_when_run_again_on_the_slurm_backend(fast_s
         first.send_signal(signal.SIGKILL)  # no chance to clean up; its workers get SIGTERM from Linux
         output = first.communicate()[0]
     assert finished, output[-3000:]
+    assert re.search(r"^con2 sweep: point \d \(seed=0\): epoch 2/2  loss .* img/s .*ETA", output, re.M), output[-3000:]
     [done] = finished
     assert done.data.tags[TAG_POINT] == sweep.points[0].key
     deadline = time.monotonic() + 120

@@ -13,9 +13,6 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from con2lib.config import Config
 
-# data sets whose loaders keep labelled training images of every class, so a validation split exists
-VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
-
 
 @dataclass(frozen=True)
 class OneClassData:
@@ -30,6 +27,9 @@ class OneClassData:
         normal_classes: names of the classes treated as normal.
         anomalous_classes: names of the classes treated as anomalous.
         info: facts about the split (seed, ratios, source paths) logged with every run.
+        train_ids: (N,) an id of each training image in the data set: ``train[k]`` (its index in the
+            loader's training split), or ``#i`` (its index among the normal training images loaded);
+            filled with the latter when not given. ``con2 score`` names nearest training images by it.
     """
 
     train: torch.Tensor
@@ -40,8 +40,13 @@ class OneClassData:
     normal_classes: tuple[str, ...]
     anomalous_classes: tuple[str, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    train_ids: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not self.train_ids:  # frozen: set once, here
+            object.__setattr__(self, "train_ids", tuple(f"#{i}" for i in range(len(self.train))))
+        if len(self.train_ids) != len(self.train):
+            raise ValueError(f"{len(self.train_ids)} training image ids for {len(self.train)} training images")
         if self.train.dtype != torch.uint8 or self.test.dtype != torch.uint8:
             raise TypeError("OneClassData holds uint8 images")
         if self.train.ndim != 4 or self.test.ndim != 4 or self.train.shape[1:] != self.test.shape[1:]:
@@ -128,6 +133,7 @@ def one_class_split(
         normal_classes=tuple(class_names[i] for i in normal_idx),
         anomalous_classes=tuple(n for i, n in enumerate(class_names) if i not in normal_idx),
         info=info,
+        train_ids=tuple(f"train[{k}]" for k in np.flatnonzero(train_mask)),
     )
 
 
@@ -175,9 +181,10 @@ def validation_split(
 def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> OneClassData:
     """Seeded random subset (test kept stratified by label) for tiny runs; 0 keeps everything."""
     rng = np.random.default_rng(seed)
-    train = data.train
+    train, train_ids = data.train, data.train_ids
     if 0 < max_train < len(train):
-        train = train[torch.from_numpy(np.sort(rng.choice(len(train), max_train, replace=False)))]
+        picked = np.sort(rng.choice(len(train), max_train, replace=False))
+        train, train_ids = train[torch.from_numpy(picked)], tuple(train_ids[i] for i in picked)
     keep = np.arange(len(data.test))
     if 0 < max_test < len(keep):
         labels = data.test_labels.numpy()
@@ -197,4 +204,5 @@ def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> O
         normal_classes=data.normal_classes,
         anomalous_classes=data.anomalous_classes,
         info={**data.info, "max_train": max_train, "max_test": max_test},
+        train_ids=train_ids,
     )

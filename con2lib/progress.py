@@ -1,0 +1,118 @@
+"""What a user of ``con2 run`` sees: progress lines on the terminal, a readable executed notebook.
+
+``fit`` prints one line per epoch (:func:`epoch_line`, starting with :data:`PREFIX`); the notebook keeps
+them, and :class:`StreamEcho` (papermill's ``stdout_file``) copies them to the terminal as the kernel
+writes them, so ``con2 run`` and every worker of ``con2 sweep`` show epoch, loss, speed and ETA.
+:func:`known_parameters` keeps papermill quiet about valid parameters; :func:`notebook_html` makes
+the executed notebook readable in the MLflow artifact viewer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+PREFIX = "epoch "
+
+
+def duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``: short enough for a progress line."""
+    s = max(0, round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+def epoch_line(stats: Any, epochs: int, elapsed_s: float, done_here: int) -> str:
+    """One epoch's progress line.
+
+    Args:
+        stats: the epoch's :class:`con2lib.train.EpochStats`.
+        epochs: epochs of the whole run.
+        elapsed_s: seconds this process has trained so far.
+        done_here: epochs this process has trained (fewer than ``stats.epoch`` after a resume), for the ETA.
+
+    The total loss is L_context + alpha * L_content: it rises while alpha anneals, so the line also
+    shows the unweighted terms, which are the ones that show progress.
+    """
+    eta = elapsed_s / max(done_here, 1) * (epochs - stats.epoch)
+    return (f"{PREFIX}{stats.epoch}/{epochs}  loss {stats.loss:.4f} (context {stats.loss_context:.4f}, "
+            f"content {stats.loss_content:.4f}, alpha {stats.alpha:.2f})  {stats.images_per_s:.0f} img/s  "
+            f"elapsed {duration(elapsed_s)}  ETA {duration(eta)}")
+
+
+class StreamEcho:
+    """A write-only text stream that copies a notebook's stdout to ``target``, whole lines at a time.
+
+    Args:
+        target: where lines go (the terminal: ``sys.stdout``).
+        everything: copy every line; otherwise only the progress lines (:data:`PREFIX`).
+        label: put before every copied line (a sweep point), e.g. ``"[point 3] "``.
+    """
+
+    def __init__(self, target: TextIO, everything: bool = False, label: str = "") -> None:
+        self.target, self.everything, self.label = target, everything, label
+        self._partial = ""
+
+    def write(self, text: str) -> int:
+        """Copies the complete lines of ``text`` (the rest waits for its newline)."""
+        *lines, self._partial = (self._partial + text).split("\n")
+        for line in lines:
+            line = line.rsplit("\r", 1)[-1]  # what a terminal would show of a redrawn line
+            if self.everything or line.startswith(PREFIX):
+                self.target.write(f"{self.label}{line}\n")
+        return len(text)
+
+    def flush(self) -> None:
+        """Flushes the target (papermill flushes after every output)."""
+        self.target.flush()
+
+
+class _KnownParameters(logging.Filter):
+    """Drops papermill's "Passed unknown parameter: x" for the parameters in ``known``."""
+
+    def __init__(self, known: Iterable[str]) -> None:
+        super().__init__()
+        self.known = set(known)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Passed unknown parameter: ")
+                    and message.removeprefix("Passed unknown parameter: ") in self.known)
+
+
+@contextlib.contextmanager
+def known_parameters(names: Iterable[str]) -> Iterator[None]:
+    """Within the block papermill does not warn about ``names``.
+
+    The notebook's parameters cell lists the common parameters only; every other field of the config
+    is valid too (validated before papermill starts), so a warning for it would be noise.
+    """
+    logger = logging.getLogger("papermill")
+    quiet = _KnownParameters(names)
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
+
+
+def notebook_html(notebook: Path) -> Path:
+    """Writes the executed notebook as HTML next to it (same name, ``.html``); returns that path.
+
+    Text, tables and images are kept; interactive plotly outputs are left out (the run logs each
+    figure under ``figures/``), so the page stays small.
+    """
+    import nbconvert
+    import nbformat
+
+    with warnings.catch_warnings():  # said once per plotly output; the figures are artifacts of their own
+        warnings.filterwarnings("ignore", "Your element with mimetype")
+        html, _ = nbconvert.HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    path = notebook.with_suffix(".html")
+    path.write_text(html, encoding="utf-8")
+    return path
