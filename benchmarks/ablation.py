@@ -30,7 +30,7 @@ from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import evaluate
 from con2lib.paths import resolve
-from con2lib.cli import load_params
+from con2lib.paramfiles import load_params
 from con2lib.train import build_model, fit, seed_everything, select_device
 
 

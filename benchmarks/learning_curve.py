@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from con2lib.calibration import split_calibration
-from con2lib.cli import load_params
+from con2lib.paramfiles import load_params
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.evaluate import evaluate

@@ -95,7 +95,7 @@ def paper_files(root: Path | None = None) -> list[Path]:
 
 def load_config(path: Path) -> Config:
     """A params file resolved (``extends:`` followed) and validated."""
-    from con2lib.cli import load_params  # late: the CLI module imports the sweep machinery
+    from con2lib.paramfiles import load_params
 
     return Config.from_params(load_params(path))
 
