@@ -23,8 +23,8 @@ from con2lib.run_info import TAG_MACHINE
 
 PARAMS_FILES = ("params/quickstart.yaml", "params/fashionmnist.yaml")
 START, END = "<!-- results:start (benchmarks/readme_results.py) -->", "<!-- results:end -->"
-HEADER = ("| params file | AUROC S_NND / S_LH | without TTA | SSD baseline | run time | machine | date |\n"
-          "|---|---|---|---|---|---|---|")
+HEADER = ("| params file | AUROC S_NND / S_LH | without TTA | SSD baseline | raw-pixel 1-NN | run time | machine | date |\n"
+          "|---|---|---|---|---|---|---|---|")
 
 
 def latest_run(client: Any, cfg: Config, keys: set[str]) -> Any | None:
@@ -44,16 +44,16 @@ def row(path: str, cfg: Config, run: Any | None) -> str:
     """One markdown row: the params file and what its run measured, or how to get a run."""
     what = f"`{path}` ({cfg.dataset}, class {cfg.normal_class}, {cfg.context}, {cfg.epochs} epochs, seed {cfg.seed})"
     if run is None:
-        return f"| {what} | no run yet: `con2 run {path}` | | | | | |"
+        return f"| {what} | no run yet: `con2 run {path}` | | | | | | |"
     m = run.data.metrics
 
     def pair(a: str, b: str) -> str:
         return " / ".join(f"{100 * m[k]:.1f}" if k in m else "-" for k in (a, b))
 
-    ssd = f"{100 * m['auroc_ssd']:.1f}" if "auroc_ssd" in m else "-"
+    ssd, pixel = (f"{100 * m[k]:.1f}" if k in m else "-" for k in ("auroc_ssd", "auroc_pixel_knn"))
     minutes = (run.info.end_time - run.info.start_time) / 60_000
     date = _date(run.info.start_time)
-    return (f"| {what} | {pair('auroc_nnd', 'auroc_lh')} | {pair('auroc_nnd_notta', 'auroc_lh_notta')} | {ssd} | "
+    return (f"| {what} | {pair('auroc_nnd', 'auroc_lh')} | {pair('auroc_nnd_notta', 'auroc_lh_notta')} | {ssd} | {pixel} | "
             f"{minutes:.1f} min | {run.data.tags.get(TAG_MACHINE, 'not recorded')} | {date} |")
 
 
