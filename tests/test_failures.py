@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib import checkpoint, cli, tracking
+from con2lib import checkpoint, cli, store, tracking
 from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 
@@ -357,7 +357,7 @@ def test_unwritable_store_is_reported_at_start(store, tmp_path, monkeypatch, cap
 
 def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys) -> None:
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(tracking.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
     assert cli.main(["run", str(write_params(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"con2 run: the runs folder \(checkpoints\) \S+ has only 50 MB free, below the 100 MB a run "
