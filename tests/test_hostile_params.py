@@ -63,10 +63,12 @@ def test_a_non_utf8_params_file_is_named(fast_store, tmp_path: Path, capsys) -> 
                         r"byte 13\); save it as UTF-8", err), err
 
 
-def test_overrides_may_still_repeat_a_key_of_the_file(tmp_path: Path) -> None:
+def test_overrides_and_merge_keys_may_still_repeat_a_key(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"epochs": 2, "nested": {"a": 1}}))
     assert cli.load_params(path, [("epochs", "3")])["epochs"] == 3
+    path.write_text("base: &base {epochs: 2, seed: 1}\nrun:\n  <<: *base\n  epochs: 5\n")
+    assert cli.load_params(path)["run"] == {"epochs": 5, "seed": 1}
 
 
 def test_a_tiny_max_test_warns_that_the_auroc_means_little() -> None:
