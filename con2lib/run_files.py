@@ -24,7 +24,6 @@ except ImportError:  # Windows: no advisory locks; a run is then not protected a
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = "run.lock"
-_ATOMIC = "con2-atomic://"  # papermill I/O scheme of notebooks written by AtomicNotebookWriter
 
 
 class RunBusy(Exception):
@@ -61,19 +60,19 @@ class Claim:
 
 
 class AtomicNotebookWriter:
-    """papermill I/O handler for :data:`_ATOMIC` paths: writes a temporary file, then renames it into place."""
+    """papermill I/O handler of one output path: writes a temporary file, then renames it into place."""
 
     def read(self, path: str) -> str:
-        return Path(_local(path)).read_text(encoding="utf-8")
+        return Path(path).read_text(encoding="utf-8")
 
     def listdir(self, path: str) -> list[str]:
-        return os.listdir(_local(path))
+        return os.listdir(path)
 
     def pretty_path(self, path: str) -> str:
-        return _local(path)
+        return path
 
     def write(self, buf: str, path: str) -> None:
-        target = Path(_local(path))
+        target = Path(path)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -85,13 +84,14 @@ class AtomicNotebookWriter:
 
 
 def atomic_notebook_path(path: Path) -> str:
-    """``path`` as a papermill output path that :class:`AtomicNotebookWriter` writes (registered on first use)."""
+    """``path`` for papermill's ``output_path``, written by :class:`AtomicNotebookWriter`.
+
+    papermill picks a handler by path prefix: the handler is registered for exactly this path (the
+    path itself stays a plain path for everything else that reads it).
+    """
     from papermill.iorw import papermill_io
 
-    if not isinstance(papermill_io.get_handler(_ATOMIC + "/x.ipynb"), AtomicNotebookWriter):
-        papermill_io.register(_ATOMIC, AtomicNotebookWriter())
-    return _ATOMIC + str(Path(path).resolve())
-
-
-def _local(path: str) -> str:
-    return path.removeprefix(_ATOMIC)
+    text = str(path)
+    if not isinstance(papermill_io.get_handler(text), AtomicNotebookWriter):
+        papermill_io.register(text, AtomicNotebookWriter())
+    return text
