@@ -76,8 +76,9 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # torch's weights_only unpickler names a global it refuses; anything else is damage
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        # torch's weights_only unpickler names a global it refuses ("Unsupported global: GLOBAL x", or for a
+        # blocked module such as os: "unsupported GLOBAL posix.system whose module posix is blocked")
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(err), re.IGNORECASE)
         if found:
             raise ValueError(
                 f"checkpoint {path} references {found.group(1)} (not a tensor or plain literal) and was refused: "

@@ -9,6 +9,7 @@ value and what is allowed.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -28,6 +29,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 EVAL_SPLITS = ("test", "validation")  # validation: carved from the training split (choose on it, report test)
 # data sets whose loaders keep labelled training images of every class, so a validation split exists
 VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
+MAX_SEED = 2**32 - 1  # NumPy's seeds (and torch's generators as used here) take 32-bit unsigned integers
+MAX_IMAGE_SIZE = 1024  # 4x the paper's largest input (224); beyond it a batch alone outgrows any GPU
+MIN_TRAIN = 2  # fewest normal training images that give S_LH statistics (a mean and a covariance)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,10 @@ class Config:
     checkpoint_every: int = 10  # epochs between checkpoints (the last epoch is always saved)
 
     def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):  # nan and inf pass every comparison below, or fail far too late
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                _fail(field.name, value, "a finite number")
         _check_choice("dataset", self.dataset, DATASET_NAMES)
         _check_choice("eval_split", self.eval_split, EVAL_SPLITS)
         if self.eval_split == "validation" and self.dataset not in VALIDATION_DATASETS:
@@ -117,8 +125,9 @@ class Config:
             _fail("tta", self.tta, f"a positive multiple of the {self.scored_contexts} contexts (x and each "
                   "context copy get the same number of views; SimCLR scores x only), or 0 for one un-augmented "
                   "view per scored context")
-        if self.image_size < 8:
-            _fail("image_size", self.image_size, "an integer >= 8 (random resized crops need pixels)")
+        if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
+            _fail("image_size", self.image_size, f"an integer in [8, {MAX_IMAGE_SIZE}] (random resized crops need "
+                  "pixels; larger images would not fit in memory)")
         if not self.temperature > 0:
             _fail("temperature", self.temperature, "a number > 0")
         if not self.lr > 0:
@@ -141,9 +150,16 @@ class Config:
             _fail("calibration_fraction", self.calibration_fraction, "a number in [0, 0.5) (0 disables calibration)")
         if not 0 < self.target_fpr < 1:
             _fail("target_fpr", self.target_fpr, "a number in (0, 1)")
-        for name in ("max_train", "max_test", "plot_points", "seed", "split_seed"):
+        for name in ("max_train", "max_test"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "an integer >= 0")
+        if 0 < self.max_train < MIN_TRAIN:
+            _fail("max_train", self.max_train, f"0 (all images) or an integer >= {MIN_TRAIN} (S_LH needs a mean and "
+                  "a covariance of the training features)")
+        _check_positive("plot_points", self.plot_points)
+        for name in ("seed", "split_seed"):
+            if not 0 <= getattr(self, name) <= MAX_SEED:
+                _fail(name, getattr(self, name), f"an integer in [0, {MAX_SEED}] (2^32 - 1)")
         if not self.experiment.strip():
             _fail("experiment", self.experiment, "a non-empty experiment name")
 

@@ -26,9 +26,26 @@ def load_params(path: str | os.PathLike[str], overrides: list[tuple[str, str]] |
     return params
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (plain YAML keeps the last one, silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # merge keys (<<: *base) may be overridden: that is what they are for
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice (line {key_node.start_mark.line + 1})",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_yaml(text: str, what: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         raise ValueError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
 
@@ -40,12 +57,22 @@ def _read_yaml(path: Path, seen: set[Path]) -> dict[str, Any]:
     if path.resolve() in seen:
         raise ValueError(f"params file {path} extends itself (cycle)")
     seen.add(path.resolve())
-    data = _parse_yaml(path.read_text(), f"params file {path}") or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"params file {path} is not UTF-8 text ({err.reason} at byte {err.start}); "
+                         "save it as UTF-8") from err
+    except OSError as err:
+        raise ValueError(f"params file {path} cannot be read ({err.strerror or err})") from err
+    data = _parse_yaml(text, f"params file {path}") or {}
     if not isinstance(data, dict):
         raise ValueError(f"params file {path} must hold a mapping of parameter: value")
     base = data.pop("extends", None)
     if base is None:
         return data
+    if not isinstance(base, str) or not base.strip():
+        raise ValueError(f"params file {path}: extends={base!r} is invalid: expected one file name, "
+                         "e.g. extends: presets/cpu.yaml")
     candidates = [path.parent / base, project_root() / "params" / base]
     base_path = next((p for p in candidates if p.is_file()), candidates[0])
     return {**_read_yaml(base_path, seen), **data}

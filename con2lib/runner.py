@@ -3,7 +3,7 @@
 ``con2 run`` and every point of ``con2 sweep`` (local workers and Slurm array tasks alike) go through
 :func:`execute_run`, so a run started either way fails, is interrupted and is logged the same way
 (docs/troubleshooting.md). A run that was interrupted (killed, or its process died) continues when it
-is started again with the same parameters: :func:`find_resumable` (docs/sweeps.md, "Resume").
+is started again with the same parameters: :func:`con2lib.resume.find_resumable` (docs/sweeps.md, "Resume").
 
     python -m con2lib.runner <task.json>   # one point of a sweep (a local worker of con2lib.sweep_backends)
 """
@@ -15,23 +15,18 @@ import os
 import signal
 import socket
 import sys
-import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from con2lib.config import Config
 from con2lib.paths import project_root, resolve
 from con2lib.progress import StreamEcho, known_parameters, notebook_html
+from con2lib.resume import TAG_PARENT, TAG_RESUME_KEY, TAG_RESUMED, find_resumable, reopen, retry_locked
+from con2lib.run_files import RunBusy, atomic_notebook_path
 from con2lib.run_info import TAG_DESCRIPTION, description, run_name, source_tags
 
-T = TypeVar("T")
-TAG_RESUME_KEY, TAG_RESUMED = "con2.resume_key", "con2.resumed_from_epoch"
-TAG_PARENT = "mlflow.parentRunId"
-# How runs end when something outside stopped them: continuing them repeats nothing that went wrong.
-# A run that FAILED on an error of its own (bad data, a NaN loss, a bug) starts afresh: the error would recur.
-_INTERRUPTIONS = ("died while the run was RUNNING", "DeadKernelError")
 
 
 class RunNotStarted(ValueError):
@@ -74,7 +69,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
             once, in its parent process, instead of once per point).
 
     A run of the same parameters (and parent run) that was interrupted and left a training checkpoint
-    is continued instead of creating a new one (:func:`find_resumable`).
+    is continued instead of creating a new one (:func:`con2lib.resume.find_resumable`).
 
     Returns:
         ``(run_id, status)``; status is FINISHED, FAILED or KILLED.
@@ -96,9 +91,13 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
     client = MlflowClient()
     run_tags = {tracking.TAG_PID: str(os.getpid()), tracking.TAG_HOST: socket.gethostname(),
                 TAG_RESUME_KEY: config_key(cfg.to_dict()), **(tags or {})}
-    found = find_resumable(client, experiment_id, run_tags[TAG_RESUME_KEY], run_tags.get(TAG_PARENT, ""))
+    try:
+        found = find_resumable(client, experiment_id, run_tags[TAG_RESUME_KEY], run_tags.get(TAG_PARENT, ""))
+    except RunBusy as busy:  # the same command started twice: the other start continues the run
+        raise RunNotStarted(str(busy)) from busy
+    claim = None
     if found is not None:
-        run_id, epoch = found
+        run_id, epoch, claim = found
         reopen(client, run_id, {**run_tags, TAG_RESUMED: str(epoch)})
         print(f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch {epoch}", flush=True)
     else:
@@ -118,7 +117,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         # progress lines when quiet); coalesce_streams: the notebook keeps each bar's last state only
         with known_parameters(cfg.to_dict()):
             papermill.execute_notebook(
-                str(resolve(notebook)), str(out), parameters={**params, "run_id": run_id},
+                str(resolve(notebook)), atomic_notebook_path(out), parameters={**params, "run_id": run_id},
                 cwd=str(project_root()), progress_bar=False, kernel_name=kernel,
                 stdout_file=StreamEcho(sys.stdout, everything=not quiet), coalesce_streams=True,
             )
@@ -126,69 +125,33 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         error = err
     finally:
         restore()
-    status = _finish(client, run_id, out, error, cfg)
+    try:
+        status = _finish(client, run_id, out, error, cfg)
+    finally:
+        if claim is not None:
+            claim.release()
     if isinstance(error, KeyboardInterrupt):
         raise error
     return run_id, status
 
 
-def find_resumable(client: Any, experiment_id: str, key: str, parent: str = "") -> tuple[str, int] | None:
-    """The latest run to continue: same parameters (``key``) and parent run, interrupted, with a training checkpoint.
-
-    Interrupted: KILLED (Ctrl-C, SIGTERM: a sweep stopped, a Slurm time limit), or FAILED because its
-    process or kernel died. The checkpoint is ``runs/<run id>/checkpoint.pt`` here (any host's run, when
-    the runs folder is shared).
-
-    Returns:
-        ``(run_id, epoch of its checkpoint)``, or None.
-    """
-    from con2lib import tracking
-    from con2lib.checkpoint import training_epoch
-
-    runs = retry_locked(lambda: client.search_runs([experiment_id], f"tags.`{TAG_RESUME_KEY}` = '{key}'",
-                                                   order_by=["attributes.start_time DESC"], max_results=100))
-    for run in runs:
-        failure = run.data.tags.get(tracking.TAG_FAILURE, "")
-        interrupted = run.info.status == "KILLED" or (run.info.status == "FAILED"
-                                                      and any(m in failure for m in _INTERRUPTIONS))
-        if not interrupted or run.data.tags.get(TAG_PARENT, "") != parent:
-            continue
-        epoch = training_epoch(tracking.run_dir(run.info.run_id) / "checkpoint.pt")
-        if epoch is not None:
-            return run.info.run_id, epoch
-    return None
-
-
-def reopen(client: Any, run_id: str, tags: dict[str, str]) -> None:
-    """Makes an interrupted run RUNNING again, owned by this process, its failure tag removed."""
-    from con2lib import tracking
-
-    for key, value in tags.items():  # the live owner first: a RUNNING run with a dead pid would be marked FAILED
-        retry_locked(lambda k=key, v=value: client.set_tag(run_id, k, v))
-    if tracking.TAG_FAILURE in client.get_run(run_id).data.tags:
-        retry_locked(lambda: client.delete_tag(run_id, tracking.TAG_FAILURE))
-    retry_locked(lambda: client.update_run(run_id, status="RUNNING"))
-
-
-def retry_locked(call: Callable[[], T], attempts: int = 8, delay_s: float = 0.5) -> T:
-    """Calls ``call``, retrying with backoff while SQLite says the database is locked.
-
-    MLflow already waits 20 s for a SQLite lock (``busy_timeout``); this covers the rarer lock
-    errors SQLite raises without waiting, when many sweep workers write to one store at once.
-    """
-    for attempt in range(attempts):
-        try:
-            return call()
-        except Exception as err:  # noqa: BLE001 - re-raised unless it is a lock error
-            if "database is locked" not in str(err) or attempt == attempts - 1:
-                raise
-            time.sleep(delay_s * 2**attempt)
-    raise AssertionError("unreachable")
-
-
 def _finish(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: Config) -> str:
-    """Ends the run (unless the notebook did), logs the executed notebook and the run's description, reports;
-    returns the status."""
+    """Ends the run (unless the notebook did), logs the executed notebook, reports; returns the status.
+
+    A store that cannot record the end (a full disk, a server gone) is said in one line; the run then
+    stays RUNNING until the next start marks it FAILED (and continues it from its checkpoint).
+    """
+    try:
+        return _end(client, run_id, out, error, cfg)
+    except Exception as err:  # noqa: BLE001 - MLflow's own traceback would hide what happened
+        why = f" after {_summary(error)}" if error is not None else ""
+        print(f"con2 run: FAILED: the tracking store could not record the end of MLflow run {run_id}{why}: "
+              f"{' '.join(_summary(err).split())[:500]} (a full disk? the next start marks it FAILED)",
+              file=sys.stderr, flush=True)
+        return "FAILED"
+
+
+def _end(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: Config) -> str:
     import mlflow
 
     from con2lib import tracking

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         print(f"con2 score: --batch-size {args.batch_size} is invalid: expected an integer > 0", file=sys.stderr)
+        return 2
+    problem = _output_problem(args.out)
+    if problem:  # said now: scoring every image first would lose the work
+        print(f"con2 score: --out {args.out} {problem}; nothing was scored", file=sys.stderr)
         return 2
     mlflow.set_tracking_uri(tracking.tracking_uri())
     files, problems = collect_images(args.images)
@@ -154,6 +159,26 @@ def cmd_register(args: argparse.Namespace) -> int:
     print(f"con2 register: run {args.run_id} -> {args.name} version {version.version}, alias {args.alias!r}\n"
           f"  score with: con2 score --model models:/{args.name}@{args.alias} <images or folders> --out scores.csv")
     return 0
+
+
+def _output_problem(out: str) -> str | None:
+    """Why the CSV ``out`` cannot be written (a folder, a missing or read-only folder), or None."""
+    if out == "-":
+        return None
+    path = Path(out)
+    if path.is_dir():
+        return "is a folder: name a CSV file"
+    try:
+        if path.exists():
+            with open(path, "a"):  # noqa: PTH123 - opened for writing, not truncated: nothing is lost yet
+                pass
+        else:
+            fd, probe = tempfile.mkstemp(dir=path.parent, prefix=".con2-score-probe-")
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as err:
+        return f"cannot be written ({err.strerror or err})"
+    return None
 
 
 def _first_line(err: BaseException) -> str:

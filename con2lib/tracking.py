@@ -7,14 +7,13 @@ with artifacts under ``<project>/mlruns/artifacts`` (absolute paths, so a notebo
 Failures are recorded where a user looks first: a failed run ends FAILED (KILLED when interrupted)
 with the tag ``con2.failure``, its traceback as ``error/traceback.txt`` and its last checkpoint as
 ``checkpoint/checkpoint.pt``; a run whose process was killed is marked FAILED by the next start (and
-continued by the next start with the same parameters: con2lib.runner.find_resumable).
+continued by the next start with the same parameters: con2lib.resume.find_resumable).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import sys
 import traceback
@@ -25,12 +24,13 @@ from typing import Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from con2lib import store
 from con2lib.config import Config
 from con2lib.paths import project_root
 from con2lib.run_info import run_name, source_tags
 
 TAG_PID, TAG_HOST, TAG_FAILURE = "con2.pid", "con2.host", "con2.failure"
-MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
+MIN_FREE_BYTES = store.MIN_FREE_BYTES  # refuse to start below this: checkpoints and artifacts need room
 # Errors whose message says everything (bad parameter, missing data, non-finite loss, interruption):
 # the notebook shows them as one line; the full traceback still goes to error/traceback.txt.
 BRIEF_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FloatingPointError,
@@ -66,26 +66,26 @@ def setup(experiment: str) -> str:
     """Points MLflow at the store, creates the experiment if needed, and returns its id.
 
     Raises:
-        ValueError: the store or the runs folder cannot be written (unwritable folder, full disk),
-            said at start rather than after hours of training.
+        ValueError: the store, the runs folder or the experiment's artifact location cannot be written
+            (unwritable folder, full disk), the tracking server does not answer, or the experiment
+            cannot be created: said at start (:mod:`con2lib.store`) rather than after hours of training.
     """
     uri = tracking_uri()
-    for folder, what in _local_folders(uri):
-        _check_writable(folder, what)
+    store.check_server(uri)
+    for folder, what in store.local_folders(uri, runs_root()):
+        store.check_writable(folder, what)
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
-    found = client.get_experiment_by_name(experiment)
-    if found is not None:
-        return found.experiment_id
     location = None
     if uri.startswith("sqlite:///"):
         # next to the database (for the project's store: mlruns/artifacts); MLflow's default would be
         # ./mlruns relative to whatever the working directory is
-        location = (_sqlite_artifacts(uri) / _slug(experiment)).as_uri()
-    try:
-        return client.create_experiment(experiment, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # created concurrently by another worker
-        return client.get_experiment_by_name(experiment).experiment_id
+        location = (store.sqlite_artifacts(uri) / _slug(experiment)).as_uri()
+    with store.creation_lock(uri):  # the first client of a new store creates its tables
+        found = store.get_or_create_experiment(MlflowClient(), experiment, location)
+    artifacts = store.local_artifact_folder(found.artifact_location or "")
+    if artifacts is not None:  # an experiment may keep its artifacts anywhere: the model is written there
+        store.check_writable(artifacts, f"artifact location of experiment {store.shorten(experiment)!r}")
+    return found.experiment_id
 
 
 def start_run(cfg: Config) -> mlflow.ActiveRun:
@@ -254,35 +254,3 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-
-
-def _local_folders(uri: str) -> list[tuple[Path, str]]:
-    """The local folders a run writes to: the store (when local) and the runs folder (checkpoints)."""
-    folders = [(runs_root(), "runs folder (checkpoints)")]
-    if uri.startswith("sqlite:///"):
-        folders.append((Path(uri.removeprefix("sqlite:///")).parent, "tracking store folder"))
-        folders.append((_sqlite_artifacts(uri), "tracking store folder"))
-    elif uri.startswith("file://") or os.path.isabs(uri):  # MLflow's plain file store
-        folders.append((Path(uri.removeprefix("file://")), "tracking store folder"))
-    return folders
-
-
-def _sqlite_artifacts(uri: str) -> Path:
-    """Artifacts of a SQLite store: ``artifacts/`` next to the database file."""
-    return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
-
-
-def _check_writable(folder: Path, what: str = "tracking store folder") -> None:
-    """Raises ValueError unless ``folder`` can be created, written, and has MIN_FREE_BYTES free."""
-    hint = "free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"\0" * 4096)
-        probe.unlink()
-        free = shutil.disk_usage(folder).free
-    except OSError as err:
-        raise ValueError(f"the {what} {folder} is not writable ({err.strerror or err}); {hint}") from err
-    if free < MIN_FREE_BYTES:
-        raise ValueError(f"the {what} {folder} has only {free / 2**20:.0f} MB free, below the "
-                         f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {hint}")

@@ -26,7 +26,7 @@ import yaml
 from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib import checkpoint, cli, tracking
+from con2lib import checkpoint, cli, store, tracking
 from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 
@@ -74,7 +74,7 @@ def test_bad_parameter_through_con2_run_is_one_line_and_creates_no_run(fast_stor
     ({"tta": 3}, r"parameter tta=3 is invalid: expected a positive multiple of the 2 contexts"),
     ({"tta": -2}, r"parameter tta=-2 is invalid"),
     ({"temperature": 0}, r"parameter temperature=0.0 is invalid: expected a number > 0"),
-    ({"image_size": 4}, r"parameter image_size=4 is invalid: expected an integer >= 8"),
+    ({"image_size": 4}, r"parameter image_size=4 is invalid: expected an integer in \[8, 1024\]"),
 ])
 def test_bad_parameters_through_cli_are_one_line_and_create_no_run(fast_store, tmp_path, capsys, params,
                                                                     message) -> None:
@@ -332,10 +332,18 @@ class Payload:
         return _run_code, ("code ran at load time",)
 
 
-def test_checkpoint_with_a_pickled_object_is_refused(tmp_path) -> None:
+class Shell:
+    """A tampered file (issue 16): unpickling it would run a shell command; torch blocks ``os`` by module."""
+
+    def __reduce__(self) -> tuple:
+        return os.system, ("echo tampered",)
+
+
+@pytest.mark.parametrize("payload,name", [(Payload, r"\S*_run_code"), (Shell, rf"{os.system.__module__}\.system")])
+def test_checkpoint_with_a_pickled_object_is_refused(tmp_path, payload: type, name: str) -> None:
     path = tmp_path / "evil.pt"
-    torch.save({"model": {"w": torch.ones(2)}, "payload": Payload()}, path)
-    with pytest.raises(ValueError, match=r"references \S*_run_code \(not a tensor or plain literal\) and was "
+    torch.save({"model": {"w": torch.ones(2)}, "payload": payload()}, path)
+    with pytest.raises(ValueError, match=rf"references {name} \(not a tensor or plain literal\) and was "
                                          r"refused: loading it could run arbitrary code"):
         load_checkpoint(path)
     assert EXECUTED == []
@@ -358,7 +366,7 @@ def test_unwritable_store_is_reported_at_start(store, tmp_path, monkeypatch, cap
 
 def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys) -> None:
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(tracking.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
     assert cli.main(["run", str(write_params(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"con2 run: the runs folder \(checkpoints\) \S+ has only 50 MB free, below the 100 MB a run "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -178,6 +179,17 @@ def validation_split(
             classes[val_rows], info)
 
 
+MIN_TEST_PER_KIND = 5  # fewer normal or anomalous test images: an AUROC of them says little
+
+
+def _warn_if_tiny_test(max_test: int, counts: list[int]) -> None:
+    """Warns when ``max_test`` leaves so few test images that the AUROC is close to meaningless."""
+    if min(counts) < MIN_TEST_PER_KIND:
+        warnings.warn(f"max_test={max_test} leaves {counts[0]} normal and {counts[1]} anomalous test image(s): "
+                      f"the AUROC of so few images is not meaningful (use max_test 0 for all, or at least "
+                      f"{MIN_TEST_PER_KIND} of each kind)", stacklevel=3)
+
+
 def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> OneClassData:
     """Seeded random subset (test kept stratified by label) for tiny runs; 0 keeps everything."""
     rng = np.random.default_rng(seed)
@@ -194,6 +206,7 @@ def subsample(data: OneClassData, max_train: int, max_test: int, seed: int) -> O
             n = max(1, round(max_test * len(idx) / len(labels))) if len(idx) else 0
             parts.append(rng.choice(idx, min(n, len(idx)), replace=False))
         keep = np.sort(np.concatenate(parts))
+        _warn_if_tiny_test(max_test, [len(p) for p in parts])
     t = torch.from_numpy(keep)
     return OneClassData(
         train=train,

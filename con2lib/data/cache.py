@@ -53,12 +53,16 @@ def file_fingerprints(files: Sequence[Path], root: Path) -> list[tuple[str, int,
     """(path relative to ``root``, size, mtime in ns) per file: what a cache entry's validity rests on."""
     out = []
     for path in files:
-        st = path.stat()
+        try:
+            st = path.stat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:  # a dangling or looping link: decoding skips it by name; here it only marks the entry
+            size, mtime = -1, -1
         try:
             name = path.relative_to(root).as_posix()
         except ValueError:  # outside the data root (the "folder" data set): the absolute path names it
             name = path.as_posix()
-        out.append((name, st.st_size, st.st_mtime_ns))
+        out.append((name, size, mtime))
     return out
 
 

@@ -48,7 +48,7 @@ def load_folder(cfg: Config) -> OneClassData:
     for name, path in (("folder_train", train_dir), ("folder_test", test_dir)):
         if not path.is_dir():
             raise FileNotFoundError(f"parameter {name}={str(path)!r} is not a folder: {FOLDER_HELP}")
-    train_files = list_images(train_dir)
+    train_files = list_images(train_dir, cfg.strict)
     if not train_files:
         raise FileNotFoundError(f"no normal training images in folder_train={str(train_dir)!r} "
                                 f"(image files: *.jpg, *.jpeg, *.png, *.bmp, *.tif, *.webp, ...)")
@@ -60,7 +60,7 @@ def load_folder(cfg: Config) -> OneClassData:
         if not sub.is_dir():
             raise FileNotFoundError(f"test sub-folder {str(sub)!r} (listed in folder_normal/folder_anomalous) does "
                                     f"not exist; sub-folders of {str(test_dir)!r}: {', '.join(present) or 'none'}")
-        test[idx] = list_images(sub)
+        test[idx] = list_images(sub, cfg.strict)
         if not test[idx]:
             raise FileNotFoundError(f"test sub-folder {str(sub)!r} holds no image files")
     unlisted = [p for p in present if p not in names and p != "__MACOSX"]

@@ -26,18 +26,13 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from con2lib.data import cache
+# re-exported: callers import them from here; the listing lives in its own module
+from con2lib.data.listing import IMAGE_SUFFIXES, SkippedImageWarning, list_images  # noqa: F401
 
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-)
 MIN_SIDE = 8  # smaller images carry no usable content at any image_size the models accept
 GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SKIPPED_SHOWN = 20  # file names listed in one warning; the full list goes to info["skipped_files"]
-
-
-class SkippedImageWarning(UserWarning):
-    """An image file could not be used and was left out (``strict=False``)."""
 
 
 @dataclass(frozen=True)
@@ -121,23 +116,6 @@ def convert_mode(img: Image.Image, mode: str) -> Image.Image:
             img = img.convert("RGB")  # e.g. CMYK, YCbCr: through RGB, which every mode converts to
         img = img.convert(mode)
     return img
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files under ``folder`` (recursively), sorted.
-
-    Hidden files and folders (macOS ``._x.jpg`` resource forks, ``.DS_Store``), ``__MACOSX`` folders and
-    files without an image extension are left out silently: they are archive debris, not data.
-    """
-    out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX")
-        out.extend(
-            Path(dirpath) / f
-            for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
-        )
-    return sorted(out)
 
 
 def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:

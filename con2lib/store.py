@@ -1,0 +1,123 @@
+"""The tracking store, checked at start: everything a run will write to is writable, reachable and created once.
+
+Said in one line before any data is read, rather than after hours of training: an unwritable store,
+runs folder or experiment artifact location, a full disk, an unreachable tracking server (in seconds,
+not after MLflow's minutes of retries), an experiment that cannot be created (MLflow's reason). A new
+SQLite store is created under a file lock, so runs started together do not race MLflow's migrations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; start the first run alone there
+    fcntl = None  # type: ignore[assignment]
+
+MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
+SERVER_TIMEOUT_S = 10  # a tracking server that does not answer within this at start is reported unreachable
+_HINT = "free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR"
+
+
+def check_writable(folder: Path, what: str = "tracking store folder") -> None:
+    """Raises ValueError unless ``folder`` can be created, written, and has MIN_FREE_BYTES free."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+        free = shutil.disk_usage(folder).free
+    except OSError as err:
+        raise ValueError(f"the {what} {folder} is not writable ({err.strerror or err}); {_HINT}") from err
+    if free < MIN_FREE_BYTES:
+        raise ValueError(f"the {what} {folder} has only {free / 2**20:.0f} MB free, below the "
+                         f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {_HINT}")
+
+
+def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
+    """Raises ValueError when the tracking server at an ``http(s)://`` URI does not answer.
+
+    Any HTTP answer (an error status, a login page) means it is there; MLflow reports the rest itself.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s).close()  # noqa: S310 - http(s) only
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        raise ValueError(f"the tracking server {uri} cannot be reached ({getattr(reason, 'strerror', None) or reason}); "
+                         "start it, or fix MLFLOW_TRACKING_URI") from err
+
+
+def local_folders(uri: str, runs_root: Path) -> list[tuple[Path, str]]:
+    """The local folders a run writes to: the runs folder (checkpoints) and the store (when local)."""
+    folders = [(runs_root, "runs folder (checkpoints)")]
+    if uri.startswith("sqlite:///"):
+        folders.append((Path(uri.removeprefix("sqlite:///")).parent, "tracking store folder"))
+        folders.append((sqlite_artifacts(uri), "tracking store folder"))
+    elif uri.startswith("file://") or os.path.isabs(uri):  # MLflow's plain file store
+        folders.append((Path(uri.removeprefix("file://")), "tracking store folder"))
+    return folders
+
+
+def sqlite_artifacts(uri: str) -> Path:
+    """Artifacts of a SQLite store: ``artifacts/`` next to the database file."""
+    return Path(uri.removeprefix("sqlite:///")).parent / "artifacts"
+
+
+def local_artifact_folder(location: str) -> Path | None:
+    """The folder of a local artifact location (``file://`` URI or path); None for a remote one."""
+    if location.startswith("file:"):
+        return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
+    return Path(location) if os.path.isabs(location) else None
+
+
+def shorten(name: str) -> str:
+    """A name as shown in a one-line message: up to 80 characters."""
+    return name if len(name) <= 80 else f"{name[:60]}...({len(name)} characters)"
+
+
+@contextlib.contextmanager
+def creation_lock(uri: str) -> Iterator[None]:
+    """Holds an exclusive lock beside a SQLite store while MLflow opens it (and, when new, creates its tables)."""
+    if not uri.startswith("sqlite:///") or fcntl is None:
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock, "a") as f:  # noqa: PTH123 - the descriptor carries the lock
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
+def get_or_create_experiment(client: Any, name: str, location: str | None) -> Any:
+    """The experiment ``name``, created (at ``location``) if it does not exist.
+
+    Raises:
+        ValueError: the store refused to create it (a name too long, a deleted experiment of that name);
+            the message is MLflow's reason.
+    """
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found
+    try:
+        return client.get_experiment(client.create_experiment(name, artifact_location=location))
+    except MlflowException as err:
+        found = client.get_experiment_by_name(name)  # created concurrently by another worker?
+        if found is None:
+            shown = shorten(name)
+            reason = " ".join(str(err.message if hasattr(err, "message") else err).split())
+            raise ValueError(f"parameter experiment={shown!r} could not be created: {reason[:500]}") from err
+        return found
