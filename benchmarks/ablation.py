@@ -1,8 +1,8 @@
 """Ablation on a validation split: which setting makes CON2 fall below raw pixels, measured, not guessed.
 
-    python -m benchmarks.ablation params/ablations/digits.yaml
-    python -m benchmarks.ablation params/ablations/fashionmnist.yaml --classes 0 6 --seeds 0 1
-    python -m benchmarks.ablation params/ablations/digits.yaml --param temperature --values 0.1 0.2 0.5
+    python -m benchmarks.ablation benchmarks/ablations/digits.yaml
+    python -m benchmarks.ablation benchmarks/ablations/fashionmnist.yaml --classes 0 6 --seeds 0 1
+    python -m benchmarks.ablation benchmarks/ablations/digits.yaml --param temperature --values 0.1 0.2 0.5
 
 The file names a ``base`` params file (a preset), ``overrides`` for every point (``eval_split:
 validation`` unless the file says otherwise: choose on validation, report on test) and ``variants``,
@@ -78,7 +78,7 @@ def variant_configs(spec_path: Path, classes: list[int] | None, seeds: list[int]
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("spec", help="ablation file: base, overrides, variants (params/ablations/)")
+    parser.add_argument("spec", help="ablation file: base, overrides, variants (benchmarks/ablations/)")
     parser.add_argument("--classes", nargs="+", type=int, help="normal classes (default: the file's, else 0..9)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--only", nargs="+", help="run only these variants")

@@ -101,7 +101,7 @@ def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
     from benchmarks.ablation import variant_configs
     from con2lib.paths import project_root
 
-    specs = sorted((project_root() / "params" / "ablations").glob("*.yaml"))
+    specs = sorted((project_root() / "benchmarks" / "ablations").glob("*.yaml"))
     assert specs
     for spec in specs:
         _, _, configs = variant_configs(spec, [0], [0], {})
