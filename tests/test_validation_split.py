@@ -30,6 +30,8 @@ def test_validation_split_uses_training_images_only() -> None:
     normal_held = [v for v, y in zip(values, data.test_labels.tolist(), strict=True) if y == 0]
     assert len(normal_held) == 2 and set(normal_held).isdisjoint(train_values)
     assert train_values | set(normal_held) == set(range(10))  # every normal image: trained on or held out
+    # ids name each image by its index in the loader's training split (here: its pixel value)
+    assert data.train_ids == tuple(f"train[{v}]" for v in data.train[:, 0, 0, 0].tolist())
     anomalies = [v for v, y in zip(values, data.test_labels.tolist(), strict=True) if y == 1]
     assert len(anomalies) == 8 and all(v >= 10 for v in anomalies)  # the test split's ratio 4, from both classes
     assert sorted(data.test_classes[data.test_labels == 1].tolist()) == [1] * 4 + [2] * 4

@@ -118,10 +118,12 @@ def one_class_split(
     normal_idx = sorted(set(int(i) for i in normal))
     train_classes = np.asarray(train_classes, dtype=np.int64)
     test_classes = np.asarray(test_classes, dtype=np.int64)
+    rows = np.arange(len(train_classes))  # each training image's index in the loader's training split
     if validation > 0:
         ratio = float(np.isin(test_classes, normal_idx, invert=True).sum()) / max(1, int(np.isin(test_classes, normal_idx).sum()))
-        train_images, test_images, train_classes, test_classes, val_info = validation_split(
+        rows, test_images, test_classes, val_info = validation_split(
             train_images, train_classes, normal_idx, validation, ratio, seed)
+        train_images, train_classes = train_images[torch.from_numpy(rows)], train_classes[rows]
         info = {**info, **val_info}
     train_mask = np.isin(train_classes, normal_idx)
     labels = (~np.isin(test_classes, normal_idx)).astype(np.int64)
@@ -134,7 +136,7 @@ def one_class_split(
         normal_classes=tuple(class_names[i] for i in normal_idx),
         anomalous_classes=tuple(n for i, n in enumerate(class_names) if i not in normal_idx),
         info=info,
-        train_ids=tuple(f"train[{k}]" for k in np.flatnonzero(train_mask)),
+        train_ids=tuple(f"train[{k}]" for k in rows[train_mask]),
     )
 
 
@@ -145,8 +147,8 @@ def validation_args(cfg: Config) -> tuple[float, int]:
 
 def validation_split(
     images: torch.Tensor, classes: np.ndarray, normal: Sequence[int], fraction: float, anomaly_ratio: float, seed: int
-) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray, dict[str, Any]]:
-    """A validation split from the training split alone: the test split is never read.
+) -> tuple[np.ndarray, torch.Tensor, np.ndarray, dict[str, Any]]:
+    """A validation split from the training split alone: no test image is used.
 
     A seeded ``fraction`` of the normal classes' training images is held out as validation normals;
     validation anomalies are a seeded sample of the other classes' training images, as many as
@@ -162,7 +164,7 @@ def validation_split(
         seed: ``split_seed``.
 
     Returns:
-        (training images, validation images, their classes, validation classes, info for the run's params).
+        (rows of ``images`` left for training, validation images, their classes, info for the run's params).
     """
     rng = np.random.default_rng([seed, 0x7A1])  # a stream of its own: split_seed also seeds other draws
     is_normal = np.isin(classes, normal)
@@ -175,8 +177,7 @@ def validation_split(
     train_rows = np.setdiff1d(normal_rows, held)
     info = {"eval_split": "validation (from the training split; no test image is used)",
             "val_fraction": fraction, "val_normal": len(held), "val_anomalous": len(val_rows) - len(held)}
-    return (images[torch.from_numpy(train_rows)], images[torch.from_numpy(val_rows)], classes[train_rows],
-            classes[val_rows], info)
+    return train_rows, images[torch.from_numpy(val_rows)], classes[val_rows], info
 
 
 MIN_TEST_PER_KIND = 5  # fewer normal or anomalous test images: an AUROC of them says little
