@@ -11,12 +11,16 @@ variant per value of one parameter). Every (variant, class, seed) is trained and
 process, exactly as ``con2 run`` does (the calibration images held out, the same :func:`evaluate`),
 without MLflow. Prints one markdown row per variant: S_NND and S_LH per class (mean over seeds),
 their class means, the gap to raw-pixel cosine 1-NN on the same split, the worst class's gap, and the
-seconds per run. Rows are printed as they finish; ``--out`` also writes the table to a file.
+the untrained encoder's S_NND (mean, and in how many classes training beat it), the
+seconds per run, and the context signal (median over classes of the context term's gradient on the
+encoder in the last epoch over the first: near 0 when the context task is solved and teaches
+nothing more). Rows are printed as they finish; ``--out`` also writes the table to a file.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -35,27 +39,36 @@ from con2lib.train import build_model, fit, seed_everything, select_device
 
 
 def run_once(cfg: Config) -> dict[str, float]:
-    """Trains and scores one configuration as ``con2 run`` does; AUROCs in [0, 1] and the seconds taken."""
+    """Trains and scores one configuration as ``con2 run`` does; AUROCs in [0, 1] (``untrained``: S_NND of
+    the encoder before training, scored the same way), the seconds taken, and
+    ``signal``: the context term's gradient on the encoder in the last epoch over the first epoch's
+    (:mod:`con2lib.learning_signal`; near 0 when the context task is solved and teaches nothing more)."""
     start = time.perf_counter()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)
     data, _ = split_calibration(load_dataset(cfg), cfg.calibration_fraction, cfg.split_seed)
     model = build_model(cfg, data.train.shape[1]).to(device)
-    fit(cfg, model, data.train.to(device), progress=False)
+    untrained = evaluate(cfg, model.encoder, data, device).auroc_nnd  # does training help at all?
+    history = fit(cfg, model, data.train.to(device), progress=False)
     result = evaluate(cfg, model.encoder, data, device)
+    first = history[0].grad_context
     return {"nnd": result.auroc_nnd, "lh": result.auroc_lh, "pixel": result.auroc_pixel_knn,
-            "seconds": time.perf_counter() - start}
+            "seconds": time.perf_counter() - start, "signal": history[-1].grad_context / first if first > 0 else 0.0, "untrained": untrained}
 
 
 def row(name: str, runs: dict[int, list[dict[str, float]]]) -> tuple[str, dict[str, float]]:
     """One markdown row of a variant from its runs per class; also its summary numbers."""
-    per_class = {c: {k: statistics.mean(r[k] for r in rs) for k in ("nnd", "lh", "pixel")} for c, rs in runs.items()}
-    mean = {k: 100 * statistics.mean(v[k] for v in per_class.values()) for k in ("nnd", "lh", "pixel")}
+    keys = ("nnd", "lh", "pixel", "signal", "untrained")
+    per_class = {c: {k: statistics.mean(r.get(k, math.nan) for r in rs) for k in keys} for c, rs in runs.items()}
+    mean = {k: 100 * statistics.mean(v[k] for v in per_class.values()) for k in ("nnd", "lh", "pixel", "untrained")}
+    helped = sum(v["nnd"] > v["untrained"] for v in per_class.values())
     worst = 100 * min(v["nnd"] - v["pixel"] for v in per_class.values())
     seconds = statistics.mean(r["seconds"] for rs in runs.values() for r in rs)
+    signal = statistics.median(v["signal"] for v in per_class.values())
     cells = [f"{100 * v['nnd']:.1f} / {100 * v['lh']:.1f}" for v in per_class.values()]
     text = (f"| {name} | " + " | ".join(cells) + f" | **{mean['nnd']:.2f}** / {mean['lh']:.2f} | {mean['pixel']:.2f} "
-            f"| {mean['nnd'] - mean['pixel']:+.2f} | {worst:+.2f} | {seconds:.0f} |")
+            f"| {mean['nnd'] - mean['pixel']:+.2f} | {worst:+.2f} | {mean['untrained']:.2f} ({helped}/{len(per_class)}) "
+            f"| {signal:.3f} | {seconds:.0f} |")
     return text, {**mean, "worst_gap": worst}
 
 
@@ -100,8 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     head = (f"ablation {args.spec}: {base['dataset']}, {base['eval_split']} split, classes {classes}, seeds {args.seeds}; "
             "cells S_NND / S_LH AUROC, gaps are S_NND minus raw-pixel cosine 1-NN on the same split")
     lines = [head, "", "| variant | " + " | ".join(f"class {c}" for c in classes)
-             + " | mean S_NND / S_LH | pixel kNN | gap | worst class gap | s/run |",
-             "|" + "---|" * (len(classes) + 6)]
+             + " | mean S_NND / S_LH | pixel kNN | gap | worst class gap | untrained S_NND (classes helped) "
+             "| context signal | s/run |",
+             "|" + "---|" * (len(classes) + 8)]
     print("\n".join(lines), flush=True)
     for name, per_class in configs.items():
         text, _ = row(name, {c: [run_once(cfg) for cfg in cfgs] for c, cfgs in per_class.items()})

@@ -13,7 +13,9 @@ and whether the check's pick (what ``context: auto`` would train) is the best-tr
 ``rho passing`` is the same correlation among the candidates that pass the check (score >= 0.5):
 whether the check also orders the acceptable candidates, not only rejects the bad ones.
 A summary compares the mean AUROC of the pick with the best, the default (invert) and a random pick;
-the last line is ``rank_correlation=<mean over classes> auto_matches_best=<k>/<n>``.
+the last line is ``rank_correlation=<mean over classes> auto_matches_best=<k>/<n> auto_within_1pt=<k>/<n>``
+(the pick within 1 point of the best-trained candidate). Candidates may be lists of contexts
+(``rot90,rot180,rot270``); ``tta`` is rounded up to a multiple of their number (``Config.with_context``).
 
 ``--aurocs OUTPUT ...`` re-runs only the check against the AUROCs printed in earlier outputs (after a
 change of the check: seconds instead of an hour, and the same training results to compare with).
@@ -45,17 +47,18 @@ def _rho(x: list[float], y: list[float]) -> float:
 
 
 def validate_class(base: dict, cls: object, candidates: list[str], seeds: list[int], max_images: int,
-                   known: dict[str, float] | None = None, content_hflip: float = 0.5) -> dict:
+                   known: dict[str, float] | None = None, content_hflip: float | None = None) -> dict:
     """Check and train every candidate for one normal class; returns the per-class result.
 
     ``known``: AUROCs (0..1) per candidate from an earlier output: the check is run, training is not.
+    ``content_hflip``: the check's; None = the runs' ``hflip_p``, as ``context: auto`` does.
     """
     cfg = Config.from_params({**base, "normal_class": cls})
     table = check(load_dataset(cfg).train, candidates, max_images=max_images, seed=cfg.seed,
-                  content_hflip=content_hflip)
+                  content_hflip=cfg.hflip_p if content_hflip is None else content_hflip)
     auroc, secs = dict(known or {}), []
     for name in [c for c in candidates if c not in auroc]:
-        runs = [run_once(cfg.replace(context=name, seed=s)) for s in seeds]
+        runs = [run_once(cfg.with_context(name).replace(seed=s)) for s in seeds]
         auroc[name] = float(np.mean([r["nnd"] for r in runs]))
         secs += [r["seconds"] for r in runs]
     score = table.set_index("candidate")["score"]
@@ -78,7 +81,7 @@ def read_aurocs(paths: list[str]) -> dict[str, dict[str, float]]:
         for line in open(path):
             parts = [p.strip() for p in line.split("|")]
             if len(parts) > 3 and "=" in parts[2] and not parts[0].startswith("class"):
-                out[parts[0]] = {k: float(v) / 100 for k, v in re.findall(r"(\w+)=([\d.]+)", parts[2])}
+                out[parts[0]] = {k: float(v) / 100 for k, v in re.findall(r"([\w,+]+)=([\d.]+)", parts[2])}
     return out
 
 
@@ -91,8 +94,8 @@ def main() -> None:
     parser.add_argument("--max-images", type=int, default=500)
     parser.add_argument("--aurocs", nargs="+", default=[], metavar="OUTPUT",
                         help="earlier outputs of this script: re-run only the check against their AUROCs")
-    parser.add_argument("--content-hflip", type=float, default=0.5,
-                        help="the check's content_hflip; 0 = the first version of the check (raw images)")
+    parser.add_argument("--content-hflip", type=float, default=None,
+                        help="the check's content_hflip (default: the runs' hflip_p, as context: auto does)")
     parser.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
     args = parser.parse_args()
     known = read_aurocs(args.aurocs)
@@ -128,7 +131,9 @@ def main() -> None:
           f"rho defined for {len(rhos)}/{len(results)} classes; mean rho among passing candidates (score >= {PASS}) "
           f"{np.mean(rhos_pass) if rhos_pass else math.nan:+.3f} over {len(rhos_pass)} classes; "
           f"{time.perf_counter() - start:.0f} s in all")
-    print(f"rank_correlation={mean_rho:.3f} auto_matches_best={matches}/{len(results)}")
+    within = sum(r["best"] - r["auroc"][r["pick"]] <= 0.01 for r in results)
+    print(f"rank_correlation={mean_rho:.3f} auto_matches_best={matches}/{len(results)} "
+          f"auto_within_1pt={within}/{len(results)}")
 
 
 if __name__ == "__main__":

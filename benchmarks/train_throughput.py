@@ -10,11 +10,13 @@ all three alike), for
 (b) the same model and step fed the way most contrastive repositories feed it: torchvision PIL
     transforms per sample in DataLoader workers (one per CPU core), 4 views per image;
 (c) the same step on ready tensors (the upper bound for any pipeline);
+(d) (c) without measuring the learning signal (``train_step(measure=False)``): d/c - 1 is the cost of
+    the per-step ``grad_context`` / ``grad_content`` of :mod:`con2lib.learning_signal`;
 
 then the ratios a/c and a/b (medians of the per-round ratios), the content augmentation alone
 against kornia.augmentation (if installed), and the model's FLOP/s (FlopCounterMode, forward +
 backward) as a fraction of a large float32 matmul's measured rate on the device. The last line is
-``pipeline_vs_model=<a/c> vs_reference=<a/b> matmul_peak_fraction=<x>``.
+``pipeline_vs_model=<a/c> vs_reference=<a/b> matmul_peak_fraction=<x> signal_cost=<d/c - 1>``.
 """
 
 from __future__ import annotations
@@ -191,9 +193,12 @@ def main() -> None:
     def run_a() -> None:
         train.fit(cfg, model, on_device, progress=False)  # steps_per_epoch = steps
 
-    def run_c(source: Callable[[], torch.Tensor] = lambda: views) -> None:
+    def run_c(source: Callable[[], torch.Tensor] = lambda: views, measure: bool = True) -> None:
         for _ in range(steps):
-            train.train_step(cfg, forward, optimizer, source(), contexts, ids, 0.5)
+            train.train_step(cfg, forward, optimizer, source(), contexts, ids, 0.5, measure=measure)
+
+    def run_d() -> None:
+        run_c(measure=False)
 
     ref = reference_batches(images, args.size, batch, device, args.workers)
     warm_b = 2 * args.workers + 1  # drains what the workers prefetched while (a) and (c) ran: steady state
@@ -206,12 +211,13 @@ def main() -> None:
             train.train_step(cfg, forward, optimizer, next(ref), contexts, ids, 0.5)
 
     run_a(), run_c(), warm_up_b()  # warm-up: allocator, oneDNN / cuDNN plans, compilation, workers
-    rates: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+    rates: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
     peaks = []  # one matmul per round too: the best is the machine's peak even if load comes and goes
     for r in range(rounds):
         peaks.append(matmul_peak(device, n=8192 if device.type == "cuda" else 4096, reps=1))
         rates["a"].append(steps * views_per_step / timed(device, run_a))
         rates["c"].append(steps * views_per_step / timed(device, run_c))
+        rates["d"].append(steps * views_per_step / timed(device, run_d))
         warm_up_b()
         rates["b"].append(steps * views_per_step / timed(device, run_b))
         now = ", ".join(f"{k} {v[-1]:.0f}" for k, v in rates.items())
@@ -222,11 +228,13 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in rates.items()}
     a_c = statistics.median(a / c for a, c in zip(rates["a"], rates["c"], strict=True))
     a_b = statistics.median(a / b for a, b in zip(rates["a"], rates["b"], strict=True))
+    signal_cost = statistics.median(d / c - 1 for c, d in zip(rates["c"], rates["d"], strict=True))
     model_rate = flops / views_per_step * med["a"]  # model FLOP/s while (a) runs (median round; peak: best)
     print(f"{rounds} rounds x {steps} steps; views/s as median over rounds [best]:")
     labels = {"a": f"(a) con2lib training step (train.fit, views made on {device.type})",
               "b": f"(b) reference: PIL per sample, DataLoader with {args.workers} workers",
-              "c": "(c) model alone on ready tensors (upper bound)"}
+              "c": "(c) model alone on ready tensors (upper bound)",
+              "d": "(d) (c) without measuring the learning signal"}
     for k, label in labels.items():
         print(f"{label:<62} {med[k]:9.0f} [{max(rates[k]):.0f}]")
     print(f"model: {flops / 1e9:.1f} GFLOP per step (forward + backward); float32 matmul peak {peak / 1e9:.0f} "
@@ -235,8 +243,10 @@ def main() -> None:
     if device.type == "cuda":
         bf16 = matmul_peak(device, n=8192, dtype=torch.bfloat16)
         print(f"bf16 matmul peak {bf16 / 1e12:.0f} TFLOP/s: (a) at {model_rate / bf16:.2f} of it")
+    print(f"learning signal (grad_context, grad_content every step): {100 * signal_cost:+.1f}% step time (d/c - 1)")
     print(kornia_line(cfg, views_per_step, device, reps=3 if args.quick else 10))
-    print(f"pipeline_vs_model={a_c:.2f} vs_reference={a_b:.2f} matmul_peak_fraction={model_rate / peak:.2f}")
+    print(f"pipeline_vs_model={a_c:.2f} vs_reference={a_b:.2f} matmul_peak_fraction={model_rate / peak:.2f} "
+          f"signal_cost={signal_cost:.3f}")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "hflip", "permute", "auto")  # auto: con2lib.contexts
+CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 # Values of the dataset parameter; con2lib.data.DATASETS maps each to its loader (kept here so the
@@ -31,6 +31,7 @@ EVAL_SPLITS = ("test", "validation")  # validation: carved from the training spl
 VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
 MAX_SEED = 2**32 - 1  # NumPy's seeds (and torch's generators as used here) take 32-bit unsigned integers
 MAX_IMAGE_SIZE = 1024  # 4x the paper's largest input (224); beyond it a batch alone outgrows any GPU
+MAX_STEPS = 10**7  # min_steps: 500x the paper's one-class CIFAR-10 budget (2048 epochs of about 10 steps)
 MIN_TRAIN = 2  # fewest normal training images that give S_LH statistics (a mean and a covariance)
 
 
@@ -77,6 +78,7 @@ class Config:
 
     # optimisation
     epochs: int = 30
+    min_steps: int = 0  # at least this many optimiser steps: epochs are raised on small sets (0 = none)
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-3
@@ -116,6 +118,8 @@ class Config:
         _check_choice("stem", self.stem, STEMS)
         _check_choice("device", self.device, DEVICES)
         _check_positive("epochs", self.epochs)
+        if not 0 <= self.min_steps <= MAX_STEPS:
+            _fail("min_steps", self.min_steps, f"an integer in [0, {MAX_STEPS}] (0: train exactly `epochs`)")
         _check_positive("proj_dim", self.proj_dim)
         _check_positive("eval_batch_size", self.eval_batch_size)
         _check_positive("checkpoint_every", self.checkpoint_every)
@@ -224,6 +228,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain-literal dict (tuples as lists): safe for YAML, JSON, MLflow and ``weights_only`` loads."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def with_context(self, context: str) -> Config:
+        """This config training ``context`` (``auto`` resolved), its ``tta`` rounded up to a multiple of the
+        new number of scored contexts: 8 views stay 8 for two or four contexts, 2 become 4 for three copies."""
+        k = (1 if self.loss == "simclr" else len(context.split(",")) + 1)
+        return self.replace(context=context, tta=-(-self.tta // k) * k)
 
     def replace(self, **changes: Any) -> Config:
         """A validated copy with some parameters changed."""

@@ -37,11 +37,13 @@ def epoch_line(stats: Any, epochs: int, elapsed_s: float, done_here: int) -> str
         done_here: epochs this process has trained (fewer than ``stats.epoch`` after a resume), for the ETA.
 
     The total loss is L_context + alpha * L_content: it rises while alpha anneals, so the line also
-    shows the unweighted terms, which are the ones that show progress.
+    shows the unweighted terms, and the gradient each puts on the encoder (``grad``: the learning
+    signal, :mod:`con2lib.learning_signal`; a term whose gradient has collapsed teaches nothing more).
     """
     eta = elapsed_s / max(done_here, 1) * (epochs - stats.epoch)
     return (f"{PREFIX}{stats.epoch}/{epochs}  loss {stats.loss:.4f} (context {stats.loss_context:.4f}, "
-            f"content {stats.loss_content:.4f}, alpha {stats.alpha:.2f})  {stats.images_per_s:.0f} img/s  "
+            f"content {stats.loss_content:.4f}, alpha {stats.alpha:.2f})  grad context {stats.grad_context:.2e}, "
+            f"content {stats.grad_content:.2e}  {stats.images_per_s:.0f} img/s  "
             f"elapsed {duration(elapsed_s)}  ETA {duration(eta)}")
 
 

@@ -202,7 +202,8 @@ def fail_run_on_error(shell: Any) -> None:
 def log_epoch(stats: Any) -> None:
     """Per-epoch metrics with the epoch as step."""
     mlflow.log_metrics({"loss": stats.loss, "loss_context": stats.loss_context, "loss_content": stats.loss_content,
-                        "alpha": stats.alpha, "lr": stats.lr, "images_per_s": stats.images_per_s}, step=stats.epoch)
+                        "alpha": stats.alpha, "lr": stats.lr, "images_per_s": stats.images_per_s,
+                        "grad_context": stats.grad_context, "grad_content": stats.grad_content}, step=stats.epoch)
 
 
 def log_dict_params(prefix: str, values: dict[str, Any]) -> None:

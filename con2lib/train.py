@@ -15,6 +15,7 @@ as one rank of DistributedDataParallel (:mod:`con2lib.distributed`).
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sys
@@ -28,6 +29,7 @@ import torch
 from con2lib import distributed
 from con2lib.augment import ContentAugment, context_augment
 from con2lib.checkpoint import resume_training, save_checkpoint, training_state
+from con2lib.learning_signal import context_solved, term_gradients, warn_if_context_solved
 from con2lib.config import Config
 from con2lib.losses import con2_loss, supcon_loss
 from con2lib.models import Con2Model, resolve_stem
@@ -49,7 +51,14 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclass
 class EpochStats:
-    """Per-epoch means, as logged to MLflow."""
+    """Per-epoch means, as logged to MLflow.
+
+    ``grad_context`` and ``grad_content`` are the learning signal each loss term puts on the encoder:
+    the root mean square over the step's views of the gradient of the (unweighted) term, summed over
+    the views, with respect to each view's encoder features
+    (:func:`con2lib.learning_signal.term_gradients`), averaged over the epoch's steps. NaN in the
+    history of checkpoints written before they existed.
+    """
 
     epoch: int
     loss: float
@@ -58,6 +67,8 @@ class EpochStats:
     alpha: float
     lr: float
     images_per_s: float
+    grad_context: float = math.nan
+    grad_content: float = math.nan
 
 
 def select_device(name: str) -> torch.device:
@@ -166,7 +177,8 @@ def fit(
     n = len(train_images)
     batch = min(cfg.batch_size, n)
     steps = steps_per_epoch(cfg, n)
-    total_steps = cfg.epochs * steps
+    epochs = train_epochs(cfg, n)
+    total_steps = epochs * steps
     optimizer = make_optimizer(cfg, model, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: cosine_lr(s, total_steps, 1.0))
     augment = content_augment_for(cfg)
@@ -175,43 +187,50 @@ def fit(
         done, step, saved = resume_training(checkpoint if lead else None, cfg.to_dict(), model, optimizer, scheduler,
                                             generator, share=group.broadcast if group is not None else None)
         history = [EpochStats(**h) for h in saved]
+        warned = context_solved(cfg, history, epochs) is not None  # said before the interruption
         forward = prepare_model(cfg, model, device, wrap=group.wrap if group is not None else None)
-        bar = tqdm(range(done + 1, cfg.epochs + 1), desc="training", unit="epoch", disable=not progress,
-                   initial=done, total=cfg.epochs, file=sys.stderr)
+        bar = tqdm(range(done + 1, epochs + 1), desc="training", unit="epoch", disable=not progress,
+                   initial=done, total=epochs, file=sys.stderr)
         began = time.perf_counter()
         for epoch in bar:
             model.train()
             start = time.perf_counter()
             order = torch.randperm(n, device=device, generator=generator)
-            sums = torch.zeros(3, device=device)
+            sums = torch.zeros(5, device=device)
+            measured = 0
             losses = []
             alpha = 0.0
             for i in range(steps):
                 alpha = linear_alpha(step, total_steps, cfg.alpha_start, cfg.alpha_end)
                 views, contexts, ids = make_views(train_images[order[i * batch:(i + 1) * batch]], cfg, augment,
                                                   generator)
-                parts = train_step(cfg, forward, optimizer, views, contexts, ids, alpha, group)
+                # a compiled model's backward is one graph: measuring there costs two more full backwards
+                measure = not cfg.compile or i == 0
+                parts = train_step(cfg, forward, optimizer, views, contexts, ids, alpha, group, measure)
                 scheduler.step()
                 step += 1
                 sums += parts
+                measured += measure
                 losses.append(parts[0])
             values = torch.stack(losses).cpu()  # the one host-device synchronisation of the epoch
             bad = torch.nonzero(~torch.isfinite(values))
             if len(bad):
                 first = int(bad[0])
                 raise NonFiniteLossError(epoch, (epoch - 1) * steps + first + 1, float(values[first]))
-            mean = (sums / steps).tolist()
+            mean = (sums[:3] / steps).tolist() + (sums[3:] / measured).tolist()
             seconds = time.perf_counter() - start
             stats = EpochStats(epoch, mean[0], mean[1], mean[2], alpha, scheduler.get_last_lr()[0],
-                               steps * batch / seconds)
+                               steps * batch / seconds, mean[3], mean[4])
             history.append(stats)
             bar.set_postfix(loss=f"{stats.loss:.4f}", img_s=f"{stats.images_per_s:.0f}")
             if progress and lead:
-                print(epoch_line(stats, cfg.epochs, time.perf_counter() - began, epoch - done), flush=True)
+                print(epoch_line(stats, epochs, time.perf_counter() - began, epoch - done), flush=True)
+            if lead and not warned:
+                warned = warn_if_context_solved(cfg, history, epochs)
             if lead and on_epoch is not None:
                 on_epoch(stats, model)
             # after on_epoch: a run killed in between resumes from the previous checkpoint and logs no gap
-            if lead and checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or epoch == cfg.epochs):
+            if lead and checkpoint is not None and (epoch % cfg.checkpoint_every == 0 or epoch == epochs):
                 save_checkpoint(checkpoint, training_state(cfg.to_dict(), model, optimizer, scheduler, generator,
                                                            epoch, step, [asdict(h) for h in history]))
     finally:
@@ -249,7 +268,7 @@ def prepare_model(cfg: Config, model: Con2Model, device: torch.device,
 
 def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer: torch.optim.Optimizer,
                views: torch.Tensor, contexts: torch.Tensor, ids: torch.Tensor, alpha: float,
-               group: distributed.Group | None = None) -> torch.Tensor:
+               group: distributed.Group | None = None, measure: bool = True) -> torch.Tensor:
     """One optimiser step on ready views; never waits for the device.
 
     Args:
@@ -258,9 +277,12 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
         alpha: weight of L_content.
         group: under DDP, the rank forwards only its slice of ``views``, and the loss is computed on the
             projections of all ranks gathered in order: the single-process loss of all ``views``.
+        measure: also measure the gradient each term puts on the encoder (:func:`term_gradients`;
+            zeros when False).
 
     Returns:
-        (3,) detached [total, L_context, L_content] on the device.
+        (5,) detached [total, L_context, L_content, grad_context, grad_content] on the device; under
+        DDP the gradients are those of this rank's views.
     """
     cuda = views.device.type == "cuda"
     if group is not None:
@@ -268,7 +290,7 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
     if views.device.type in _CHANNELS_LAST:
         views = views.contiguous(memory_format=torch.channels_last)
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cuda):
-        _, z_context, z_content = forward(views)
+        h, z_context, z_content = forward(views)
     z_context, z_content = z_context.float(), z_content.float()
     if group is not None:
         z_context, z_content = group.gather(z_context, z_content)
@@ -276,10 +298,11 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
     if group is not None and cfg.loss != "con2":
         # DDP waits for a gradient of every parameter: the head this loss ignores gets zeros (exactly)
         total = total + 0.0 * (z_context.sum() + z_content.sum())
+    grads = term_gradients(h, (l_context, l_content)) if measure else total.new_zeros(2)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    return torch.stack([total.detach(), l_context.detach(), l_content.detach()])
+    return torch.cat([torch.stack([total.detach(), l_context.detach(), l_content.detach()]), grads])
 
 
 def _objective(cfg: Config, z_context: torch.Tensor, z_content: torch.Tensor, contexts: torch.Tensor,
@@ -301,5 +324,10 @@ def steps_per_epoch(cfg: Config, n_train: int) -> int:
     return max(1, n_train // min(cfg.batch_size, n_train))
 
 
-__all__ = ["EpochStats", "NonFiniteLossError", "build_model", "fit", "make_optimizer", "make_views",
-           "prepare_model", "seed_everything", "select_device", "steps_per_epoch", "train_step"]
+def train_epochs(cfg: Config, n_train: int) -> int:
+    """Epochs that ``fit`` trains: ``cfg.epochs``, raised so that small sets take at least ``cfg.min_steps`` steps."""
+    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch(cfg, n_train)))
+
+
+__all__ = ["EpochStats", "NonFiniteLossError", "build_model", "fit", "make_optimizer",
+           "make_views", "prepare_model", "seed_everything", "select_device", "steps_per_epoch", "train_epochs", "train_step"]

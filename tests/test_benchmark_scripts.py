@@ -88,13 +88,16 @@ def test_every_run_logs_the_pixel_baseline_of_its_own_split() -> None:
 def test_ablation_row_reports_means_and_gaps_to_pixels() -> None:
     from benchmarks.ablation import row
 
-    runs = {0: [{"nnd": 0.9, "lh": 0.8, "pixel": 0.95, "seconds": 1.0}, {"nnd": 0.94, "lh": 0.84, "pixel": 0.95,
-                                                                        "seconds": 3.0}],
-            1: [{"nnd": 0.99, "lh": 0.9, "pixel": 0.97, "seconds": 2.0}]}
+    runs = {0: [{"nnd": 0.9, "lh": 0.8, "pixel": 0.95, "seconds": 1.0, "signal": 0.001, "untrained": 0.93},
+                {"nnd": 0.94, "lh": 0.84, "pixel": 0.95, "seconds": 3.0, "signal": 0.003, "untrained": 0.93}],
+            1: [{"nnd": 0.99, "lh": 0.9, "pixel": 0.97, "seconds": 2.0, "signal": 0.5, "untrained": 0.95}]}
     text, summary = row("v", runs)
     assert summary["nnd"] == pytest.approx(95.5) and summary["pixel"] == pytest.approx(96.0)
     assert summary["worst_gap"] == pytest.approx(-3.0)  # class 0: 92 - 95
-    assert text.startswith("| v | 92.0 / 82.0 | 99.0 / 90.0 | **95.50** / 86.00 | 96.00 | -0.50 | -3.00 | 2 |")
+    # context signal: median over classes of the per-class mean (0.002 and 0.5)
+    # untrained 93 and 95: training helped class 1 only (92 < 93)
+    assert text.startswith("| v | 92.0 / 82.0 | 99.0 / 90.0 | **95.50** / 86.00 | 96.00 | -0.50 | -3.00 | 94.00 (1/2) "
+                           "| 0.251 | 2 |")
 
 
 def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:

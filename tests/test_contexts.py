@@ -15,7 +15,7 @@ from torchvision.transforms import functional as F_v1
 from con2lib.augment import context_augment
 from con2lib.augment.context import CONTEXT_AUGMENTATIONS, equalize
 from con2lib.config import CONTEXTS, Config
-from con2lib.contexts import CANDIDATES, COLUMNS, HFLIP_REASON, check, recommend, resolve_context
+from con2lib.contexts import CANDIDATES, COLUMNS, HFLIP_REASON, ROTATIONS, SHAPE_PASS, check, recommend, resolve_context
 
 N, S = 200, 16  # synthetic images: enough for a stable held-out AUROC, about a second per check
 
@@ -60,8 +60,13 @@ def test_every_context_keeps_dtype_device_shape_range(name: str, dtype: torch.dt
 def test_auto_is_not_a_transform_and_config_accepts_the_new_names() -> None:
     with pytest.raises(ValueError, match="context 'auto' is not a transform: resolve it first"):
         context_augment(torch.zeros(1, 1, 4, 4), "auto")
-    for name in ("rot90", "rot180", "hflip", "permute", "auto"):
+    for name in ("rot90", "rot180", "rot270", "hflip", "permute", "auto"):
         assert Config.from_params({"context": name}).context == name
+    assert Config.from_params({"context": ROTATIONS, "tta": 4}).contexts == ("rot90", "rot180", "rot270")
+    # auto resolves to a list of contexts: the test-time views follow (rounded up to a multiple of the contexts)
+    auto = Config.from_params({"context": "auto", "tta": 2})
+    assert auto.with_context(ROTATIONS).tta == 4 and auto.with_context("rot90").tta == 2
+    assert auto.replace(tta=8).with_context(ROTATIONS).tta == 8 and auto.replace(tta=0).with_context(ROTATIONS).tta == 0
     assert set(CONTEXTS) == {*CONTEXT_AUGMENTATIONS, "auto"}
     with pytest.raises(ValueError, match=r"context='rotate' is invalid: expected one of invert, .*permute, auto"):
         Config.from_params({"context": "rotate"})
@@ -72,7 +77,7 @@ def test_auto_is_not_a_transform_and_config_accepts_the_new_names() -> None:
 def test_flip_is_distinct_on_images_with_a_vertical_gradient() -> None:
     table = check(gradient_images(), ("flip", "hflip")).set_index("candidate")
     assert table.loc["flip", "distinct_auroc"] > 0.9
-    assert table.loc["flip", "reason"].startswith("distinct (AUROC")
+    assert table.loc["flip", "reason"].startswith("distinct through shape (AUROC")
     assert abs(table.loc["hflip", "distinct_auroc"] - 0.5) < 0.1  # the gradient has no left or right
     assert table.loc["flip", "aligned_pixel"] == pytest.approx(1.0)  # an isometry of pixel space
 
@@ -98,7 +103,7 @@ def test_flip_is_not_distinct_on_vertically_symmetric_images() -> None:
     upside_down = torch.rand(N, generator=torch.Generator().manual_seed(1)) < 0.5
     mixed = torch.where(upside_down.view(-1, 1, 1, 1), images.flip(-2), images)
     row = check(mixed, ("flip",)).iloc[0]
-    assert abs(row["distinct_auroc"] - 0.5) < 0.1 and row["reason"].startswith("not distinct: originals and copies")
+    assert abs(row["distinct_auroc"] - 0.5) < 0.1 and row["reason"].startswith("not distinct: the contexts are")
 
 
 def test_permute_rejected_on_grayscale_distinct_on_coloured_images() -> None:
@@ -106,7 +111,8 @@ def test_permute_rejected_on_grayscale_distinct_on_coloured_images() -> None:
     assert row["reason"] == "not distinct: identity on grayscale" and row["score"] == 0
     reddish = as_uint8(noise(N, 3, S, S) * torch.tensor([1.0, 0.5, 0.3]).view(1, 3, 1, 1))
     row = check(reddish, ("permute",)).iloc[0]
-    assert row["distinct_auroc"] > 0.9 and row["score"] > 0
+    assert row["distinct_auroc"] > 0.9  # but through the channels' global statistics alone, as invert
+    assert row["intensity_auroc"] > 0.9 and row["reason"].startswith("distinct through intensity only")
 
 
 def test_equalize_is_not_distinct_on_already_equalised_images() -> None:
@@ -120,15 +126,15 @@ def test_equalize_is_not_distinct_on_already_equalised_images() -> None:
 
 
 def test_ranking_recommend_and_errors() -> None:
-    table = check(gradient_images(), ("hflip", "permute", "flip", "invert"), max_images=150, seed=3)
+    table = check(gradient_images(), ("hflip", "permute", "invert", "flip"), max_images=150, seed=3)
     assert list(table.columns) == list(COLUMNS)
     assert table["rank"].tolist() == [1, 2, 3, 4]
-    assert table["score"].is_monotonic_decreasing
-    assert np.allclose(table["score"], table["distinct"] * table["aligned"].clip(lower=0))
-    assert recommend(table) == table.iloc[0]["candidate"] in ("flip", "invert")  # the only distinct ones
+    assert np.allclose(table["score"], table["shape"] * table["aligned"].clip(lower=0))
+    # flip is distinct through shape, invert through intensity only (the ramp's histogram is mirrored)
+    assert table["candidate"].tolist()[:2] == ["flip", "invert"] and recommend(table) == "flip"
     assert set(table.iloc[2:]["candidate"]) == {"hflip", "permute"}
-    assert table.equals(check(gradient_images(), ("hflip", "permute", "flip", "invert"), max_images=150, seed=3))
-    with pytest.warns(UserWarning, match="no context candidate is distinct on these images"):
+    assert table.equals(check(gradient_images(), ("hflip", "permute", "invert", "flip"), max_images=150, seed=3))
+    with pytest.warns(UserWarning, match="no context candidate is distinct through shape"):
         assert recommend(check(gradient_images(), ("permute", "hflip"))) in ("permute", "hflip")
     with pytest.raises(ValueError, match="nothing to recommend"):
         recommend(table.iloc[:0])
@@ -145,6 +151,65 @@ def test_resolve_context_fixed_and_auto() -> None:
     context, table = resolve_context(Config.from_params({"context": "auto"}), images)
     assert context == recommend(table) and context in CANDIDATES and context != "permute"
     assert sorted(table["candidate"]) == sorted(CANDIDATES)
+
+
+# --- distinct through shape, or through intensity only ------------------------------------------------
+
+def bars(centred: bool, seed: int = 0) -> torch.Tensor:
+    """A bright horizontal bar on a dark ground, plus noise. uint8 (N, 1, S, S).
+
+    ``centred=False``: the bar lies in the top half at a random height (oriented: every rotation is a
+    new shape); ``centred=True``: it crosses the centre (a half turn gives the same kind of image).
+    """
+    g = torch.Generator().manual_seed(seed)
+    x = 0.15 * torch.rand(N, 1, S, S, generator=g)
+    for i in range(N):
+        length = 2 * int(torch.randint(S // 4, S // 2 - 1, (1,), generator=g))  # even: a centred bar is symmetric
+        left = (S - length) // 2
+        row = S // 2 - 1 if centred else int(torch.randint(1, S // 2 - 3, (1,), generator=g))
+        x[i, 0, row:row + 2, left:left + length] = 0.9
+    return as_uint8(x)
+
+
+def discs(seed: int = 0) -> torch.Tensor:
+    """Centred bright discs of random radius with isotropic noise: no orientation at all. uint8 (N, 1, S, S)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(S) - (S - 1) / 2, torch.arange(S) - (S - 1) / 2, indexing="ij")
+    radius = 2 + 4 * torch.rand(N, 1, 1, 1, generator=g)
+    return as_uint8((yy.hypot(xx) < radius).float() * 0.8 + 0.2 * torch.rand(N, 1, S, S, generator=g))
+
+
+def test_invert_is_distinct_through_intensity_only() -> None:
+    row = check(bars(centred=False), ("invert",), content_hflip=0.0).iloc[0]
+    assert row["distinct_auroc"] > 0.95 and row["intensity_auroc"] > 0.95  # global statistics alone separate it
+    assert row["shape"] < 0.1 and row["score"] < 0.1
+    assert row["reason"].startswith("distinct through intensity only")
+
+
+def test_rotating_oriented_shapes_is_distinct_through_shape() -> None:
+    table = check(bars(centred=False), ("rot90", ROTATIONS, "invert"), content_hflip=0.0).set_index("candidate")
+    for name in ("rot90", ROTATIONS):
+        assert table.loc[name, "intensity_auroc"] == pytest.approx(0.5)  # a rotation keeps every global statistic
+        assert table.loc[name, "shape"] > 0.9 and table.loc[name, "reason"].startswith("distinct through shape")
+    assert table.loc[ROTATIONS, "contexts"] == 3 and table.loc[ROTATIONS, "rank"] == 1  # more contexts first
+    assert table.loc["invert", "rank"] == 3
+
+
+def test_rotating_discs_is_not_distinct_and_auto_falls_back_to_invert() -> None:
+    table = check(discs(), ("rot90", "rot180", ROTATIONS, "invert"), content_hflip=0.0).set_index("candidate")
+    for name in ("rot90", "rot180", ROTATIONS):
+        assert table.loc[name, "distinct"] < 0.2 and table.loc[name, "reason"].startswith("not distinct")
+    with pytest.warns(UserWarning, match="no context candidate is distinct through shape"):
+        assert recommend(table.reset_index()) == "invert"
+
+
+def test_a_list_of_contexts_is_judged_by_its_weakest_pair() -> None:
+    """A centred bar is the same shape after a half turn: the rotation set fails on that pair, rot90 does not."""
+    table = check(bars(centred=True), ("rot180", "rot90", ROTATIONS), content_hflip=0.0).set_index("candidate")
+    assert table.loc["rot180", "distinct"] < 0.2
+    assert table.loc[ROTATIONS, "distinct"] == pytest.approx(table.loc["rot180", "distinct"], abs=0.05)
+    assert table.loc[ROTATIONS, "shape"] < SHAPE_PASS <= table.loc["rot90", "shape"]
+    assert recommend(table.reset_index()) == "rot90"
 
 
 # --- the notebook ------------------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def rot180(x: torch.Tensor) -> torch.Tensor:
     return torch.rot90(x, 2, dims=(-2, -1))
 
 
+def rot270(x: torch.Tensor) -> torch.Tensor:
+    """Rotation by 90 degrees clockwise (270 counter-clockwise): with rot90 and rot180, the rotation contexts."""
+    return torch.rot90(x, 3, dims=(-2, -1))
+
+
 def hflip(x: torch.Tensor) -> torch.Tensor:
     """Horizontal flip: mirrors the width axis (left and right swapped)."""
     return x.flip(-1)
@@ -58,7 +63,7 @@ def permute(x: torch.Tensor) -> torch.Tensor:
     return x.roll(1, dims=-3)  # channel 0 <- last channel: (R, G, B) -> (B, R, G)
 
 
-CONTEXT_AUGMENTATIONS = {"invert": invert, "flip": flip, "equalize": equalize, "rot90": rot90, "rot180": rot180,
+CONTEXT_AUGMENTATIONS = {"invert": invert, "flip": flip, "equalize": equalize, "rot90": rot90, "rot180": rot180, "rot270": rot270,
                          "hflip": hflip, "permute": permute}
 
 
