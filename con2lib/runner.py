@@ -25,7 +25,7 @@ from con2lib.paths import project_root, resolve
 from con2lib.progress import StreamEcho, known_parameters, notebook_html
 from con2lib.resume import TAG_PARENT, TAG_RESUME_KEY, TAG_RESUMED, find_resumable, reopen, retry_locked
 from con2lib.run_files import RunBusy, atomic_notebook_path
-from con2lib.run_info import TAG_DESCRIPTION, description, run_name, source_tags
+from con2lib.run_info import TAG_DESCRIPTION, auroc_summary, description, run_name, source_tags
 
 
 
@@ -82,6 +82,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
 
     from con2lib import tracking
 
+    print("con2 run: checking the parameters and the tracking store", flush=True)  # MLflow takes seconds to open
     cfg, experiment_id = prepare(params)
     if mark_dead:
         for dead in tracking.mark_dead_runs_failed():
@@ -112,7 +113,8 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         import papermill
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}", flush=True)
+        print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}\n"
+              "con2 run: starting the notebook's kernel", flush=True)
         # stdout_file: the notebook's output reaches the terminal as it is written (all of it, or the
         # progress lines when quiet); coalesce_streams: the notebook keeps each bar's last state only
         with known_parameters(cfg.to_dict()):
@@ -166,10 +168,8 @@ def _end(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: 
         if status == "RUNNING":
             client.set_terminated(run_id, "FINISHED")
             status = "FINISHED"
-        metrics = client.get_run(run_id).data.metrics
-        names = {"auroc_nnd": "S_NND", "auroc_lh": "S_LH", "auroc_pixel_knn": "raw-pixel 1-NN (same split)"}
-        shown = ", ".join(f"{v} {100 * metrics[k]:.2f}" for k, v in names.items() if k in metrics)
-        print(f"con2 run: finished{': AUROC ' + shown if shown else ''}; open it with `make ui` "
+        shown = auroc_summary(client.get_run(run_id).data.metrics)
+        print(f"con2 run: finished{': ' + shown if shown else ''}; open it with `make ui` "
               f"({mlflow.get_tracking_uri()}); model runs:/{run_id}/model", flush=True)
         return status
     ending = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
@@ -195,6 +195,7 @@ def _log_notebook(client: Any, run_id: str, out: Path) -> None:
     """Logs the executed notebook, and as HTML next to it (the artifact viewer shows HTML, not .ipynb)."""
     if not out.is_file():
         return
+    print("con2 run: logging the executed notebook (notebook/train.ipynb and .html)", flush=True)
     try:
         client.log_artifact(run_id, str(out), artifact_path="notebook")
         client.log_artifact(run_id, str(notebook_html(out)), artifact_path="notebook")
