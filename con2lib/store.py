@@ -9,8 +9,11 @@ SQLite store is created under a file lock, so runs started together do not race 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +27,7 @@ except ImportError:  # Windows: no advisory locks; start the first run alone the
     fcntl = None  # type: ignore[assignment]
 
 MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
+LOCK_TIMEOUT_S = 60  # a start waits this long for another process creating or opening the SQLite store
 SERVER_TIMEOUT_S = 10  # a tracking server that does not answer within this at start is reported unreachable
 _HINT = "free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR"
 
@@ -39,7 +43,8 @@ def check_writable(folder: Path, what: str = "tracking store folder") -> None:
     except OSError as err:
         raise ValueError(f"the {what} {folder} is not writable ({err.strerror or err}); {_HINT}") from err
     if free < MIN_FREE_BYTES:
-        raise ValueError(f"the {what} {folder} has only {free / 2**20:.0f} MB free, below the "
+        shown = math.floor(free / 2**20 * 10) / 10  # rounded down: 99.96 MB must not read "100 MB free, below 100"
+        raise ValueError(f"the {what} {folder} has only {shown:.1f} MB free, below the "
                          f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {_HINT}")
 
 
@@ -89,15 +94,42 @@ def shorten(name: str) -> str:
 
 
 @contextlib.contextmanager
-def creation_lock(uri: str) -> Iterator[None]:
-    """Holds an exclusive lock beside a SQLite store while MLflow opens it (and, when new, creates its tables)."""
+def creation_lock(uri: str, timeout_s: float | None = None) -> Iterator[None]:
+    """Holds an exclusive lock beside a SQLite store while MLflow opens it (and, when new, creates its tables).
+
+    The holder writes ``process <pid> on <host>`` into the lock file, so a start that waits longer than
+    ``timeout_s`` (default :data:`LOCK_TIMEOUT_S`, or ``$CON2_STORE_LOCK_TIMEOUT_S``) names it.
+
+    Raises:
+        ValueError: another process held the lock for the whole wait; the message names it.
+    """
     if not uri.startswith("sqlite:///") or fcntl is None:
         yield
         return
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("CON2_STORE_LOCK_TIMEOUT_S") or LOCK_TIMEOUT_S)
     lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock, "a") as f:  # noqa: PTH123 - the descriptor carries the lock
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        yield
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # closing the descriptor releases the lock, however this process ends
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise ValueError(f"the tracking store {lock.with_suffix('')} is locked by {holder} (lock file "
+                                     f"{lock}, waited {timeout_s:.0f} s); wait for it to finish, or stop it") from err
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # a later holder that writes no name must not be taken for this process
+    finally:
+        os.close(fd)
 
 
 def get_or_create_experiment(client: Any, name: str, location: str | None) -> Any:

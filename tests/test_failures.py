@@ -364,13 +364,15 @@ def test_unwritable_store_is_reported_at_start(store, tmp_path, monkeypatch, cap
                         r" free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR", err), err
 
 
-def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(("free", "shown"), [(50 * 2**20, "50.0"), (store.MIN_FREE_BYTES - 1, "99.9")])
+def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys, free, shown) -> None:
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, free))
     assert cli.main(["run", str(write_params(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"con2 run: the runs folder \(checkpoints\) \S+ has only 50 MB free, below the 100 MB a run "
-                        r"needs for checkpoints and artifacts; .*", err), err
+    # one byte short of the limit must not read "100 MB free, below the 100 MB" (issue 21)
+    assert re.fullmatch(rf"con2 run: the runs folder \(checkpoints\) \S+ has only {shown} MB free, below the 100 MB "
+                        r"a run needs for checkpoints and artifacts; .*", err), err
     assert all_runs() == []
 
 

@@ -231,3 +231,50 @@ def test_the_notebook_saves_checkpoint_and_model_before_figures() -> None:
 
     assert max(first("save_checkpoint("), first("log_model(")) < first("representation_space(")
     assert cells[-1].rstrip().endswith("mlflow.end_run()")
+
+
+# --- issue 21, item 11: a store locked by another process ----------------------------------------------------
+
+def test_a_store_locked_by_another_process_is_reported_naming_it(fast_store, tmp_path, monkeypatch, capsys) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from con2lib import store; "
+                               "held = store.creation_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(60)",
+                               fast_store["MLFLOW_TRACKING_URI"]], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**fast_store, "PYTHONPATH": str(ROOT)})
+    monkeypatch.setenv("CON2_STORE_LOCK_TIMEOUT_S", "1")
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        assert cli.main(["run", str(_params(tmp_path, experiment="locked"))]) == 2
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"con2 run: the tracking store \S+/mlflow.db is locked by process {holder.pid} on \S+ \(lock "
+                        r"file \S+/mlflow.db.lock, waited 1 s\); wait for it to finish, or stop it", err), err
+    assert _runs("locked") == []
+
+
+# --- issue 21, item 13: a run that failed on a full disk is continued ----------------------------------------
+
+@pytest.mark.parametrize(("failure", "continued"), [
+    ("OSError: [Errno 28] checkpoint /r/checkpoint.pt could not be written (No space left on device); the previous "
+     "checkpoint is kept", True),
+    ("MlflowException: (sqlite3.OperationalError) database or disk is full", True),
+    ("ValueError: data set 'folder': no usable image", False),  # an error of its own would recur: afresh
+])
+def test_a_run_that_failed_on_a_full_disk_is_continued_from_its_checkpoint(fast_store, tmp_path, capsys, failure,
+                                                                           continued) -> None:
+    experiment_id = make_experiment("full2", tmp_path)
+    params = _params(tmp_path, experiment="full2")
+    key = config_key(Config.from_params(yaml.safe_load(params.read_text())).to_dict())
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, tags={TAG_RESUME_KEY: key}).info.run_id
+    tracking.record_failure(run_id, failure)
+    client.set_terminated(run_id, "FAILED")
+    save_checkpoint(tracking.run_dir(run_id) / "checkpoint.pt", {"epoch": 4, "training": {}})
+    assert cli.main(["run", str(params), "--quiet", "--notebook", str(_sleepy_notebook(tmp_path, 0))]) == 0
+    out = capsys.readouterr().out
+    assert (f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch 4" in out) == continued, out
+    assert len(_runs("full2")) == (1 if continued else 2)
+    assert (client.get_run(run_id).info.status == "FINISHED") == continued
