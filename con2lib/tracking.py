@@ -240,7 +240,12 @@ def _param(value: Any) -> str:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+    """An experiment name as one folder name under the artifact root.
+
+    Dots are kept inside a name but stripped at its ends: ``..`` or ``.`` would leave the root (artifacts
+    and models beside ``mlflow.db``), ``.name`` would be hidden.
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "experiment"
 
 
 def _alive(pid: int) -> bool:

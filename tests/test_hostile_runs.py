@@ -278,3 +278,16 @@ def test_a_run_that_failed_on_a_full_disk_is_continued_from_its_checkpoint(fast_
     assert (f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch 4" in out) == continued, out
     assert len(_runs("full2")) == (1 if continued else 2)
     assert (client.get_run(run_id).info.status == "FINISHED") == continued
+
+
+# --- issue 21, item 14: experiment names never leave the artifact root ---------------------------------------
+
+@pytest.mark.parametrize(("name", "folder"), [("..", "experiment"), (".", "experiment"), ("../up", "up"),
+                                              (".hidden", "hidden"), ("a..b", "a..b")])
+def test_an_experiment_name_stays_one_folder_under_the_artifact_root(fast_store, tmp_path, name, folder) -> None:
+    from con2lib import store
+
+    experiment_id = tracking.setup(name)
+    location = store.local_artifact_folder(MlflowClient().get_experiment(experiment_id).artifact_location)
+    root = store.sqlite_artifacts(fast_store["MLFLOW_TRACKING_URI"])
+    assert location == root / folder and location.resolve().parent == root.resolve()
