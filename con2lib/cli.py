@@ -38,9 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from con2lib.ddp_worker import worker_main
 
         return worker_main(str(params.get("device", "auto")))
+    from con2lib.store import brief_store_errors
+
     try:
-        _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
-                                tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
+        with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+            _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
+                                    tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
     except RunNotStarted as err:  # a bad parameter or an unwritable store: nothing was created
         print(f"con2 run: {err}", file=sys.stderr)
         return 2

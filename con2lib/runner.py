@@ -26,6 +26,7 @@ from con2lib.progress import StreamEcho, known_parameters, notebook_html
 from con2lib.resume import TAG_PARENT, TAG_RESUME_KEY, TAG_RESUMED, find_resumable, reopen, retry_locked
 from con2lib.run_files import RunBusy, atomic_notebook_path
 from con2lib.run_info import TAG_DESCRIPTION, auroc_summary, description, run_name, source_tags
+from con2lib.store import brief_store_errors, check_text, one_line
 
 
 
@@ -46,6 +47,7 @@ def prepare(params: dict[str, Any]) -> tuple[Config, str]:
 
     try:
         cfg = Config.from_params(params)
+        check_text(cfg.to_dict())  # before the store sees a run name or an experiment it cannot hold
         _check_device(cfg.device)
         return cfg, tracking.setup(cfg.experiment)
     except (ValueError, MlflowException) as err:
@@ -148,7 +150,7 @@ def _finish(client: Any, run_id: str, out: Path, error: BaseException | None, cf
     except Exception as err:  # noqa: BLE001 - MLflow's own traceback would hide what happened
         why = f" after {_summary(error)}" if error is not None else ""
         print(f"con2 run: FAILED: the tracking store could not record the end of MLflow run {run_id}{why}: "
-              f"{' '.join(_summary(err).split())[:500]} (a full disk? the next start marks it FAILED)",
+              f"{one_line(_summary(err))} (a full disk? the next start marks it FAILED)",
               file=sys.stderr, flush=True)
         return "FAILED"
 
@@ -162,7 +164,7 @@ def _end(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: 
     try:  # a description is a convenience: it must not hide how the run ended
         client.set_tag(run_id, TAG_DESCRIPTION, description(cfg, client.get_run(run_id).data.metrics))
     except Exception as err:  # noqa: BLE001
-        print(f"con2 run: could not set the description of run {run_id}: {err}", file=sys.stderr)
+        print(f"con2 run: could not set the description of run {run_id}: {one_line(err)}", file=sys.stderr)
     if error is None:
         _log_notebook(client, run_id, out)
         if status == "RUNNING":
@@ -200,7 +202,7 @@ def _log_notebook(client: Any, run_id: str, out: Path) -> None:
         client.log_artifact(run_id, str(out), artifact_path="notebook")
         client.log_artifact(run_id, str(notebook_html(out)), artifact_path="notebook")
     except Exception as err:  # noqa: BLE001 - a full disk must not hide how the run ended
-        print(f"con2 run: could not log the executed notebook {out}: {err}", file=sys.stderr)
+        print(f"con2 run: could not log the executed notebook {out}: {one_line(err)}", file=sys.stderr)
 
 
 def _check_device(name: str) -> None:
@@ -241,7 +243,8 @@ def run_point(task: dict[str, Any]) -> tuple[str, str]:
     params = dict(task["params"])
     if task.get("gpu") and params.get("device", "auto") == "auto":
         params["device"] = "cuda"  # the worker or job sees only its own GPU(s) (CUDA_VISIBLE_DEVICES)
-    return execute_run(params, notebook=task["notebook"], quiet=True, tags=task["tags"], mark_dead=False)
+    with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+        return execute_run(params, notebook=task["notebook"], quiet=True, tags=task["tags"], mark_dead=False)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:

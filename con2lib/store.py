@@ -9,6 +9,7 @@ SQLite store is created under a file lock, so runs started together do not race 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -46,6 +47,39 @@ def check_writable(folder: Path, what: str = "tracking store folder") -> None:
         shown = math.floor(free / 2**20 * 10) / 10  # rounded down: 99.96 MB must not read "100 MB free, below 100"
         raise ValueError(f"the {what} {folder} has only {shown:.1f} MB free, below the "
                          f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {_HINT}")
+
+
+def check_text(values: dict[str, Any]) -> None:
+    """Raises ValueError naming the first parameter whose text the store cannot hold (a lone surrogate such
+    as ``"\\ud800"`` is no UTF-8: SQLAlchemy would fail on it mid-run with a long traceback)."""
+    for name, value in values.items():
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"parameter {name}={shorten(text)!r} is not valid text: character "
+                                 f"{text[err.start]!r} at position {err.start} cannot be written as UTF-8") from err
+
+
+class _NoStoreTracebacks(logging.Filter):
+    """Drops MLflow's logged traceback of a failed SQL statement (about 70 lines per call): the error is raised
+    as an MlflowException anyway, and con2 says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+@contextlib.contextmanager
+def brief_store_errors() -> Iterator[None]:
+    """Within the block a store that fails (a full disk) logs no tracebacks; its errors are still raised."""
+    logger, brief = logging.getLogger("mlflow.store.db.utils"), _NoStoreTracebacks()
+    logger.addFilter(brief)
+    try:
+        yield
+    finally:
+        logger.removeFilter(brief)
 
 
 def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
@@ -86,6 +120,11 @@ def local_artifact_folder(location: str) -> Path | None:
     if location.startswith("file:"):
         return Path(urllib.parse.unquote(urllib.parse.urlparse(location).path))
     return Path(location) if os.path.isabs(location) else None
+
+
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """An error message on one line (SQLAlchemy's span three: the SQL and a link), at most ``limit`` characters."""
+    return " ".join(str(error).split())[:limit]
 
 
 def shorten(name: str) -> str:

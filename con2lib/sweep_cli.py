@@ -38,8 +38,11 @@ def cmd_sweep(args: Any) -> int:
     if args.status or args.dry_run:
         show(sweep, plan if args.dry_run else None)
         return 0
+    from con2lib.store import brief_store_errors
+
     try:
-        return run_sweep(sweep, backend, args.experiment, args.notebook, args.rerun_running)
+        with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+            return run_sweep(sweep, backend, args.experiment, args.notebook, args.rerun_running)
     except RunNotStarted as err:
         print(f"con2 sweep: {err}", file=sys.stderr)
         return 2

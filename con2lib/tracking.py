@@ -161,7 +161,7 @@ def record_failure(run_id: str, summary: str, traceback_text: str | None = None,
         try:
             step()
         except Exception as err:  # noqa: BLE001
-            print(f"con2: could not log the {what} of failed run {run_id}: {err}", file=sys.stderr)
+            print(f"con2: could not log the {what} of failed run {run_id}: {store.one_line(err)}", file=sys.stderr)
 
 
 def describe(error: BaseException) -> str:
@@ -186,7 +186,7 @@ def fail_run_on_error(shell: Any) -> None:
             try:
                 mlflow.end_run("KILLED" if issubclass(etype, KeyboardInterrupt) else "FAILED")
             except Exception as err:  # noqa: BLE001 - the original error is the one to show
-                print(f"con2: could not end run {run.info.run_id}: {err}", file=sys.stderr)
+                print(f"con2: could not end run {run.info.run_id}: {store.one_line(err)}", file=sys.stderr)
         if not issubclass(etype, BRIEF_ERRORS):
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
             return

@@ -291,3 +291,41 @@ def test_an_experiment_name_stays_one_folder_under_the_artifact_root(fast_store,
     location = store.local_artifact_folder(MlflowClient().get_experiment(experiment_id).artifact_location)
     root = store.sqlite_artifacts(fast_store["MLFLOW_TRACKING_URI"])
     assert location == root / folder and location.resolve().parent == root.resolve()
+
+
+# --- issue 21, item 15: a store whose disk fills, a parameter the store cannot hold ----------------------------
+
+def test_a_store_whose_disk_fills_prints_no_tracebacks(fast_store, tmp_path, monkeypatch, capsys) -> None:
+    import sqlite3
+
+    import papermill
+    import sqlalchemy
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    def refuse(session: Any, context: Any, instances: Any) -> None:  # every write from now on: SQLite's SQLITE_FULL
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def disk_fills(*args: Any, **kwargs: Any) -> None:
+        event.listen(Session, "before_flush", refuse)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(papermill, "execute_notebook", disk_fills)
+    make_experiment("fills", tmp_path)
+    try:
+        assert cli.main(["run", str(_params(tmp_path, experiment="fills")), "--quiet"]) == 1
+    finally:
+        event.remove(Session, "before_flush", refuse)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and len(err) <= 5, "\n".join(err)
+    assert re.fullmatch(r"con2 run: FAILED: the tracking store could not record the end of MLflow run \w+ after "
+                        r"OSError: \[Errno 28\] No space left on device: MlflowException: .*database or disk is full.*",
+                        err[-1]), err
+
+
+@pytest.mark.parametrize("name", ["run_name", "experiment"])
+def test_a_parameter_the_store_cannot_hold_is_one_line_naming_it(fast_store, tmp_path, capsys, name) -> None:
+    assert cli.main(["run", str(_params(tmp_path)), "-p", name, '"x\\ud800"']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"con2 run: parameter {name}='x\\ud800' is not valid text: character '\\ud800' at position 1 "
+                   "cannot be written as UTF-8"), err
