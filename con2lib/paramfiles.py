@@ -50,12 +50,19 @@ def _parse_yaml(text: str, what: str) -> Any:
         raise ValueError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
 
 
+MAX_EXTENDS = 50  # files in one extends chain: a longer one is a mistake (and would exhaust Python's stack)
+
+
 def _read_yaml(path: Path, seen: set[Path]) -> dict[str, Any]:
-    path = path if path.is_file() else resolve(path)
+    path = path if path.exists() else resolve(path)
+    if path.is_dir():
+        raise ValueError(f"params file {path} is a folder; name a .yaml file in it")
     if not path.is_file():
         raise ValueError(f"params file {path} does not exist")
     if path.resolve() in seen:
         raise ValueError(f"params file {path} extends itself (cycle)")
+    if len(seen) >= MAX_EXTENDS:
+        raise ValueError(f"params file {path}: the extends chain is longer than {MAX_EXTENDS} files")
     seen.add(path.resolve())
     try:
         text = path.read_text(encoding="utf-8")
@@ -74,5 +81,5 @@ def _read_yaml(path: Path, seen: set[Path]) -> dict[str, Any]:
         raise ValueError(f"params file {path}: extends={base!r} is invalid: expected one file name, "
                          "e.g. extends: presets/cpu.yaml")
     candidates = [path.parent / base, project_root() / "params" / base]
-    base_path = next((p for p in candidates if p.is_file()), candidates[0])
+    base_path = next((p for p in candidates if p.exists()), candidates[0])
     return {**_read_yaml(base_path, seen), **data}

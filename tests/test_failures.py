@@ -402,3 +402,19 @@ def test_make_lab_starts_without_a_browser_and_as_root_when_root(tmp_path, root)
     [command] = [line for line in out.stdout.splitlines() if "jupyter lab" in line]
     assert "--no-browser" in command and "--ip 127.0.0.1" in command
     assert ("--allow-root" in command) == root
+
+
+# --- issue 21, item 15: extends chains ------------------------------------------------------------------------
+
+def test_a_long_extends_chain_and_an_extended_folder_are_one_line(fast_store, tmp_path, capsys) -> None:
+    (tmp_path / "f0.yaml").write_text("epochs: 1\n")
+    for i in range(1, 1200):  # 1,200 files: beyond Python's recursion limit (a RecursionError before)
+        (tmp_path / f"f{i}.yaml").write_text(f"extends: f{i - 1}.yaml\n")
+    assert cli.main(["run", str(tmp_path / "f1199.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"con2 run: params file \S+/f1149\.yaml: the extends chain is longer than 50 files", err), err
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "folder.yaml").write_text("extends: presets\n")
+    assert cli.main(["run", str(tmp_path / "folder.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"con2 run: params file \S+/presets is a folder; name a \.yaml file in it", err), err
