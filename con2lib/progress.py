@@ -53,6 +53,30 @@ def epoch_line(stats: Any, epochs: int, elapsed_s: float, done_here: int) -> str
             f"elapsed {duration(elapsed_s)}  ETA {duration(eta)}")
 
 
+LONG_RUN_S = 3600  # a run whose training is estimated to take longer says so after its first epoch
+
+
+class LongRunWarning(UserWarning):
+    """Training will take more than :data:`LONG_RUN_S` (estimated from the first epoch)."""
+
+
+def long_run_estimate(elapsed_s: float, done_here: int, epochs_left: int) -> str | None:
+    """The warning text when training will take more than :data:`LONG_RUN_S` in all, else None.
+
+    Args:
+        elapsed_s: seconds this process has trained so far.
+        done_here: epochs this process has trained.
+        epochs_left: epochs still to train.
+    """
+    per_epoch = elapsed_s / max(done_here, 1)
+    left = per_epoch * epochs_left
+    if elapsed_s + left <= LONG_RUN_S:
+        return None
+    return (f"training will take about {duration(left)} more ({epochs_left} epochs left at {duration(per_epoch)} "
+            "each); Ctrl-C stops it and the same command continues it from its last checkpoint. On a CPU, "
+            "params/presets/cpu.yaml (your own images: params/folder/cpu.yaml) trains in minutes")
+
+
 def phase(what: str) -> None:
     """Prints ``phase: <what>`` at once: no silent stretch while data loads, the test set is scored, figures render."""
     print(f"{PHASE_PREFIX}{what}", flush=True)

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import fixtures_data as fx
+import pytest
 import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
 from con2lib import tracking
 from con2lib.config import Config
-from con2lib.progress import StreamEcho, forward_warnings
+from con2lib.progress import LongRunWarning, StreamEcho, forward_warnings
 from con2lib.run_info import run_name
 from con2lib.sweep import TAG_ROLE, TAG_SWEEP, load_sweep
 from con2lib.sweep_backends import run_sweep
@@ -173,3 +174,39 @@ def test_a_run_name_parameter_of_a_point_wins(tmp_path) -> None:
     grid = tmp_path / "grid.yaml"
     grid.write_text(yaml.safe_dump({"base": str(base), "grid": {"seed": [0]}}))
     assert point_name(load_sweep(grid).points[0]) == "mine"
+
+
+# --- item 19: no run that takes days by accident -------------------------------------------------------------
+
+def test_the_cpu_folder_example_is_the_cpu_preset_on_your_own_images() -> None:
+    from con2lib.paramfiles import load_params
+
+    preset, example = load_params(ROOT / "params/presets/cpu.yaml"), load_params(ROOT / "params/folder/cpu.yaml")
+    cfg = Config.from_params(example)
+    assert cfg.dataset == "folder" and cfg.device == "cpu"
+    assert {k: example[k] for k in preset} == preset  # every CPU-preset choice kept: 28 px, 20 epochs, width 0.25
+    paper = Config.from_params(load_params(ROOT / "params/folder/invert.yaml"))
+    assert paper.epochs == 2048 and "params/folder/cpu.yaml" in (ROOT / "params/folder/invert.yaml").read_text()
+
+
+@pytest.mark.parametrize(("first_epoch_s", "warned"), [(400.0, True), (10.0, False)])
+def test_after_the_first_epoch_a_run_of_more_than_an_hour_says_so(fast_store, monkeypatch, first_epoch_s,
+                                                                   warned) -> None:
+    import mlflow
+
+    from con2lib.train import EpochStats
+
+    cfg = Config.from_params({**TINY, "epochs": 10})
+    clock = iter([1000.0, 1000.0 + first_epoch_s])
+    monkeypatch.setattr(tracking.time, "perf_counter", lambda: next(clock))
+    with mlflow.start_run() as run, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        logger = tracking.EpochLogger(cfg, run.info.run_id)
+        logger(EpochStats(1, 1.0, 1.0, 1.0, 0.0, 1e-3, 100.0), None)
+    texts = [str(w.message) for w in caught if w.category is LongRunWarning]
+    if warned:  # 9 epochs left at 6m40s: 1h00m more
+        assert texts == ["training will take about 1h00m more (9 epochs left at 6m40s each); Ctrl-C stops it and "
+                         "the same command continues it from its last checkpoint. On a CPU, params/presets/cpu.yaml "
+                         "(your own images: params/folder/cpu.yaml) trains in minutes"]
+    else:
+        assert texts == []
