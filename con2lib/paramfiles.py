@@ -13,6 +13,10 @@ import yaml
 
 from con2lib.paths import project_root, resolve
 
+# Values a params file may expand to, aliases counted at each use: a real file has tens; an alias bomb
+# (``a: &a [x, x]``, ``b: &b [*a, *a]``, ...) doubles per line and takes gigabytes once printed or joined
+MAX_YAML_VALUES = 10_000
+
 
 def load_params(path: str | os.PathLike[str], overrides: list[tuple[str, str]] | None = None) -> dict[str, Any]:
     """Reads a params file (following ``extends:`` chains) and applies ``-p key value`` overrides.
@@ -27,7 +31,14 @@ def load_params(path: str | os.PathLike[str], overrides: list[tuple[str, str]] |
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe YAML that refuses a key given twice (plain YAML keeps the last one, silently)."""
+    """Safe YAML that refuses a key given twice (plain YAML keeps the last one, silently) and anchors that
+    expand past :data:`MAX_YAML_VALUES` values."""
+
+    def get_single_node(self) -> yaml.Node | None:
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -41,6 +52,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Raises a YAML error when the document, aliases expanded, holds more than :data:`MAX_YAML_VALUES` values.
+
+    An alias is the anchored node itself (the composer shares it), so the expanded size is counted once per
+    distinct node (memoised): linear in the file, whatever it would expand to.
+    """
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        if id(node) not in sizes:
+            sizes[id(node)] = 0  # a recursive alias (``&a [*a]``) counts as one value, not a loop
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [n for pair in node.value for n in pair]
+            else:
+                children = []
+            sizes[id(node)] = min(1 + sum(size(c) for c in children), MAX_YAML_VALUES + 1)
+        return sizes[id(node)]
+
+    if size(root) > MAX_YAML_VALUES:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"it expands to more than {MAX_YAML_VALUES} values (anchors and aliases, e.g. a YAML alias "
+            "bomb); write the values out", root.start_mark)
 
 
 def _parse_yaml(text: str, what: str) -> Any:
