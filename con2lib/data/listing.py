@@ -14,6 +14,8 @@ import os
 import warnings
 from pathlib import Path
 
+from con2lib.paths import under_system_dir
+
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -45,7 +47,9 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
         kept = []
         for name in sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX"):
             real = os.path.realpath(os.path.join(dirpath, name))
-            if real not in walked:  # os.walk is top-down: ancestors and earlier folders are all in ``walked``
+            if under_system_dir(real):  # a link to /proc/self: its root/ is the whole machine
+                unreadable.append(f"{os.path.join(dirpath, name)}: links to {real}, a kernel file system")
+            elif real not in walked:  # os.walk is top-down: ancestors and earlier folders are all in ``walked``
                 walked.add(real)
                 kept.append(name)
         dirnames[:] = kept
