@@ -278,7 +278,7 @@ print(model.predict(np.zeros((2, 8, 8), np.uint8))["score"].tolist())
     assert Path(where).is_relative_to(Path(local)) and len(json.loads(scores)) == 2
 
 
-def _strict_json(text: str) -> object:
+def _strict_json(text: str | bytes) -> object:
     """``json.loads`` as JavaScript's ``JSON.parse`` reads: the tokens NaN and Infinity are not JSON."""
     def refuse(token: str) -> None:
         raise ValueError(f"{token} is not JSON")
@@ -491,7 +491,9 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
                                "local", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[_png_base64(trained.data.test[7])]]}})
+        junk = base64.b64encode(b"not an image").decode()  # an error row: strict JSON from the real server too
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[_png_base64(trained.data.test[7])], [junk]]}})
         deadline = time.monotonic() + SERVE_WAIT_S
         while True:
             if server.poll() is not None:
@@ -503,7 +505,7 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
                                                  headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=30) as response:
-                    predictions = json.loads(response.read())["predictions"]
+                    predictions = _strict_json(response.read())["predictions"]
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
@@ -512,7 +514,8 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
     finally:
         _stop(server)
         log.close()
-    [row] = predictions
+    row, bad = predictions
+    assert bad["score"] is None and bad["anomaly"] is None and bad["error"].startswith("ValueError: not an image")
     assert row["error"] == ""
     assert row["score"] == pytest.approx(trained.scores["score_nnd"][7], rel=1e-5, abs=1e-5)
     assert row["anomaly"] == (row["score"] > trained.run.data.metrics["threshold"])
