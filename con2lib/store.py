@@ -184,7 +184,9 @@ def get_or_create_experiment(client: Any, name: str, location: str | None) -> An
     if found is not None:
         return found
     try:
-        return client.get_experiment(client.create_experiment(name, artifact_location=location))
+        from con2lib.mlflow_ui import ui_tags  # shown as model training, with the AUROC columns
+
+        return client.get_experiment(client.create_experiment(name, artifact_location=location, tags=ui_tags()))
     except MlflowException as err:
         found = client.get_experiment_by_name(name)  # created concurrently by another worker?
         if found is None:

@@ -210,3 +210,26 @@ def test_after_the_first_epoch_a_run_of_more_than_an_hour_says_so(fast_store, mo
                          "(your own images: params/folder/cpu.yaml) trains in minutes"]
     else:
         assert texts == []
+
+
+# --- item 17: the MLflow UI opens con2's experiments on their runs, with the AUROCs ----------------------------
+
+def test_con2_experiments_open_in_the_ui_on_runs_with_the_auroc_columns(fast_store, monkeypatch, capsys) -> None:
+    import json
+
+    from con2lib import cli
+    from con2lib.mlflow_ui import KIND_TAG, VIEW_TAG, ui_url
+
+    experiment_id = tracking.setup("shown")
+    tags = MlflowClient().get_experiment(experiment_id).tags
+    assert tags[KIND_TAG] == "custom_model_development"  # model training, not a GenAI app
+    view = json.loads(tags[VIEW_TAG])  # what ?viewStateShareKey=con2 applies to the runs table
+    assert view["selectedColumns"][:3] == ["metrics.`auroc_nnd`", "metrics.`auroc_lh`", "metrics.`auroc_pixel_knn`"]
+    commands: list[list[str]] = []
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd: commands.append(cmd) or 0)
+    assert cli.main(["ui", "--port", "5099"]) == 0
+    url = ui_url("http://127.0.0.1:5099", experiment_id)
+    assert url == (f"http://127.0.0.1:5099/#/experiments/{experiment_id}/runs?viewStateShareKey=con2"
+                   "&workflowType=machine_learning")
+    assert f"  shown: {url}" in capsys.readouterr().out.splitlines()
+    assert commands[0][commands[0].index("--port") + 1] == "5099"
