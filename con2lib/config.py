@@ -38,7 +38,8 @@ MIN_TRAIN = 2  # fewest normal training images that give S_LH statistics (a mean
 # MLflow steps) that a value like 1e20 hits only after training
 MAX_INTS = {"epochs": 100_000, "checkpoint_every": 100_000, "batch_size": 65_536, "eval_batch_size": 65_536,
             "proj_dim": 16_384, "tta": 1_024, "plot_points": 100_000, "max_train": 10**9, "max_test": 10**9}
-VAL_FRACTION = (0.05, 0.5)  # below: a handful of validation normals (digits: 4); above: fewer images train than validate
+# val_fraction: below, a handful of validation normals (digits: 4); above, fewer images train than validate
+VAL_FRACTION = (0.05, 0.5)
 _REPR_CHARS = 80  # values shown in messages: a YAML alias bomb would take gigabytes to print in full
 
 

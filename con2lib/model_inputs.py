@@ -47,9 +47,9 @@ def decode(image: Any) -> Any:
 def input_images(model_input: Any) -> list[Any]:
     """The images of a pyfunc input, one item per image.
 
-    Accepts a DataFrame (or a dict of columns) with an ``image`` column (base64 text of PNG/JPEG bytes, bytes, or arrays); a numpy
-    array or tensor holding a batch (N, C, H, W), (N, H, W, C) or (N, H, W), or one (H, W) image; or a list of
-    any of these items.
+    Accepts a DataFrame (or a dict of columns) with an ``image`` column (base64 text of PNG/JPEG bytes, bytes,
+    or arrays); a numpy array or tensor holding a batch (N, C, H, W), (N, H, W, C) or (N, H, W), or one (H, W)
+    image; or a list of any of these items.
 
     Raises:
         ValueError: a DataFrame without an ``image`` column, or with a ``path`` column (the model opens no

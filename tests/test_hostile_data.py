@@ -1,6 +1,6 @@
 """Hostile data folders (issues 16 and 21): link loops, duplicate links, dangling and self-referencing links,
-unreadable sub-folders, links into the test folder or /proc, float images. Each lists every real image once, skips what cannot be read by name, and never
-fails the whole run."""
+unreadable sub-folders, links into the test folder or /proc, float images. Each lists every real image once,
+skips what cannot be read by name, and never fails the whole run."""
 
 from __future__ import annotations
 

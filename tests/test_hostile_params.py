@@ -130,8 +130,8 @@ def test_a_yaml_alias_bomb_is_refused_at_once(fast_store, tmp_path: Path, capsys
     path.write_text("base: &b [flip, invert]\ncontext: *b\n")
     assert cli.load_params(path)["context"] == ["flip", "invert"]
     nested = [[["flip"] * 9] * 9] * 9
-    with pytest.raises(ValueError, match=r"parameter context=\[\[\[.{,80}\.\.\. is invalid: expected a list of 1 to 7 "
-                                         r"context names"):
+    with pytest.raises(ValueError, match=r"parameter context=\[\[\[.{,80}\.\.\. is invalid: expected a list of 1 "
+                                         r"to 7 context names"):
         Config.from_params({**TINY, "context": nested})
     with pytest.raises(ValueError, match=r"parameter epochs=\[\[\[.{,80}\.\.\. has type list; expected int"):
         Config.from_params({**TINY, "epochs": nested})
