@@ -233,3 +233,34 @@ def test_con2_experiments_open_in_the_ui_on_runs_with_the_auroc_columns(fast_sto
                    "&workflowType=machine_learning")
     assert f"  shown: {url}" in capsys.readouterr().out.splitlines()
     assert commands[0][commands[0].index("--port") + 1] == "5099"
+
+
+# --- item 21: compare's tables never mark a baseline as the best cell -----------------------------------------
+
+def test_the_best_cell_of_a_row_is_a_con2_score_not_a_baseline() -> None:
+    import pandas as pd
+
+    from con2lib import analysis
+
+    columns = pd.MultiIndex.from_product([analysis.STATS, ["invert"], ["auroc_nnd", "auroc_lh", "auroc_ssd"]])
+    table = pd.DataFrame([[90.0, 92.0, 95.0, 1.0, 1.0, 1.0, 2, 2, 2, 2, 2, 2]], index=["digits"], columns=columns)
+    assert list(analysis.format_pivot(table).iloc[0]) == ["90.0 ± 1.0 (2)", "92.0 ± 1.0 (2)*", "95.0 ± 1.0 (2)"]
+    html = analysis.style_pivot(table).to_html()
+    assert set(re.findall(r"row(\d+)_col(\d+)", html.split("</style>")[0])) == {("0", "1")}  # S_LH bold, not SSD
+    only_ssd = table.loc[:, [c for c in columns if c[2] == "auroc_ssd"]]
+    assert list(analysis.format_pivot(only_ssd).iloc[0]) == ["95.0 ± 1.0 (2)*"]
+
+
+def test_the_pca_view_names_its_axes_with_their_explained_variance() -> None:
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from con2lib import report_plots
+
+    features = torch.randn(40, 8) * torch.tensor([5.0, 2.0, 1, 1, 1, 1, 1, 1])
+    coords, axes = report_plots.embed_2d(features, "pca")
+    assert coords.shape == (40, 2)
+    assert re.fullmatch(r"PC1 \(\d+\.\d% of variance\)", axes[0]) and axes[1].startswith("PC2 (")
+    fig = report_plots.embedding_figure(coords, np.array(["train"] * 40), pd.DataFrame({"index": range(40)}), "t", axes)
+    assert (fig.layout.xaxis.title.text, fig.layout.yaxis.title.text) == axes
