@@ -31,8 +31,8 @@ def find_resumable(client: Any, experiment_id: str, key: str, parent: str = "") 
     checkpoint; claimed for this process (:class:`con2lib.run_files.Claim`), so no other start continues it too.
 
     Interrupted: KILLED (Ctrl-C, SIGTERM: a sweep stopped, a Slurm time limit), or FAILED because its
-    process or kernel died or the disk was full. The checkpoint is ``runs/<run id>/checkpoint.pt`` here (any host's run, when
-    the runs folder is shared).
+    process or kernel died or the disk was full. The checkpoint is ``runs/<run id>/checkpoint.pt`` here
+    (any host's run, when the runs folder is shared).
 
     Returns:
         ``(run_id, epoch of its checkpoint, the claim)``, or None.

@@ -237,7 +237,8 @@ def test_the_notebook_saves_checkpoint_and_model_before_figures() -> None:
 
 def test_a_store_locked_by_another_process_is_reported_naming_it(fast_store, tmp_path, monkeypatch, capsys) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from con2lib import store; "
-                               "held = store.creation_lock(sys.argv[1]); held.__enter__(); print('held', flush=True); time.sleep(60)",
+                               "held = store.creation_lock(sys.argv[1]); held.__enter__(); "
+                               "print('held', flush=True); time.sleep(60)",
                                fast_store["MLFLOW_TRACKING_URI"]], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                               env={**fast_store, "PYTHONPATH": str(ROOT)})
     monkeypatch.setenv("CON2_STORE_LOCK_TIMEOUT_S", "1")

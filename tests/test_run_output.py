@@ -1,5 +1,7 @@
-"""What a person sees on the terminal (issue 21): warnings and phases of ``con2 run`` and ``con2 sweep``,
-each point's AUROCs, the sweep's results table, run names, a re-run sweep's parent that keeps no stale failure.
+"""What a person sees (issue 21): warnings and phases of ``con2 run`` and ``con2 sweep``, each point's AUROCs,
+the sweep's results table, run names, a re-run sweep's parent that keeps no stale failure, the long-run
+warning and the CPU folder example, the MLflow UI's experiment tags and link, compare's best cells and
+explore's PCA axes.
 
 Two tests execute the training notebook on a tiny ``folder`` data set with unreadable training images;
 the others create runs with the MLflow client and run no training.
@@ -64,10 +66,12 @@ def test_con2_run_shows_the_notebooks_warnings_and_each_phase(store, tmp_path) -
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
-    assert_in_order(out, ("con2 run: checking the parameters and the tracking store", "con2 run: starting the "
-                          "notebook's kernel", *PHASES, "con2 run: logging the executed notebook", "con2 run: finished"))
+    assert_in_order(out, ("con2 run: checking the parameters and the tracking store",
+                          "con2 run: starting the notebook's kernel", *PHASES,
+                          "con2 run: logging the executed notebook", "con2 run: finished"))
     # the skipped files, every line of the warning, each file named
-    assert re.search(r"^warning: SkippedImageWarning: data set 'folder': skipped 3 unreadable image file\(s\)", out, re.M)
+    assert re.search(r"^warning: SkippedImageWarning: data set 'folder': skipped 3 unreadable image file\(s\)",
+                     out, re.M)
     for name in ("empty.jpg", "truncated.jpg", "text.jpg"):
         assert re.search(rf"^warning:   \S*{name}", out, re.M), name
     assert re.search(r"^warning: CalibrationWarning: threshold calibration skipped \(calibration_fraction is 0\)",
