@@ -74,7 +74,7 @@ def long_run_estimate(elapsed_s: float, done_here: int, epochs_left: int) -> str
         return None
     return (f"training will take about {duration(left)} more ({epochs_left} epochs left at {duration(per_epoch)} "
             "each); Ctrl-C stops it and the same command continues it from its last checkpoint. On a CPU, "
-            "params/presets/cpu.yaml (your own images: params/folder/cpu.yaml) trains in minutes")
+            "params/presets/cpu.yaml (your own images: params/folder_cpu.yaml) trains in minutes")
 
 
 def phase(what: str) -> None:

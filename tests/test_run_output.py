@@ -185,12 +185,12 @@ def test_a_run_name_parameter_of_a_point_wins(tmp_path) -> None:
 def test_the_cpu_folder_example_is_the_cpu_preset_on_your_own_images() -> None:
     from con2lib.paramfiles import load_params
 
-    preset, example = load_params(ROOT / "params/presets/cpu.yaml"), load_params(ROOT / "params/folder/cpu.yaml")
+    preset, example = load_params(ROOT / "params/presets/cpu.yaml"), load_params(ROOT / "params/folder_cpu.yaml")
     cfg = Config.from_params(example)
     assert cfg.dataset == "folder" and cfg.device == "cpu"
     assert {k: example[k] for k in preset} == preset  # every CPU-preset choice kept: 28 px, 20 epochs, width 0.25
     paper = Config.from_params(load_params(ROOT / "params/folder/invert.yaml"))
-    assert paper.epochs == 2048 and "params/folder/cpu.yaml" in (ROOT / "params/folder/invert.yaml").read_text()
+    assert paper.epochs == 2048 and "params/folder_cpu.yaml" in (ROOT / "params/folder/invert.yaml").read_text()
 
 
 @pytest.mark.parametrize(("first_epoch_s", "warned"), [(400.0, True), (10.0, False)])
@@ -211,7 +211,7 @@ def test_after_the_first_epoch_a_run_of_more_than_an_hour_says_so(fast_store, mo
     if warned:  # 9 epochs left at 6m40s: 1h00m more
         assert texts == ["training will take about 1h00m more (9 epochs left at 6m40s each); Ctrl-C stops it and "
                          "the same command continues it from its last checkpoint. On a CPU, params/presets/cpu.yaml "
-                         "(your own images: params/folder/cpu.yaml) trains in minutes"]
+                         "(your own images: params/folder_cpu.yaml) trains in minutes"]
     else:
         assert texts == []
 
