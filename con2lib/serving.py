@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
-import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -205,10 +204,13 @@ def _no_images(folder: Path) -> str:
 
 def _read_file(path: Path) -> tuple[bytes | None, str]:
     """The bytes of an image file, or ``(None, why not)``: a FIFO, device or folder is not read (it could block)."""
+    from con2lib.data.listing import check_regular_file
+
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None, "not a regular file"
+        check_regular_file(path)
         return path.read_bytes(), ""
+    except ValueError as err:
+        return None, str(err)
     except OSError as err:
         return None, f"cannot be read ({err.strerror or err})"
 

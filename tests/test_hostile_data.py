@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import warnings
 from pathlib import Path
 
@@ -170,3 +171,27 @@ def test_float_images_with_negative_or_nan_pixels_are_refused_by_name(tmp_path: 
     assert len(data.train) == 6
     with pytest.raises(ValueError, match="image pixels are NaN or infinite"):
         prepare_image(np.full((16, 16), np.nan), Preprocess(16, "L", "square"))
+
+
+def test_a_fifo_with_an_image_name_is_skipped_not_opened(tmp_path: Path) -> None:
+    train = _make_folder(tmp_path)
+    os.mkfifo(train / "pipe.png")  # opened for reading, it waits for a writer for ever
+    outcome: list[object] = []
+
+    def load() -> None:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            outcome.append((load_dataset(Config.from_params(_folder_params(tmp_path))), caught))
+
+    worker = threading.Thread(target=load, daemon=True)
+    worker.start()
+    worker.join(30)
+    if worker.is_alive():  # the fix is gone: unblock the reader so the test ends
+        with open(train / "pipe.png", "wb"):
+            pass
+        worker.join(10)
+        pytest.fail("loading the folder blocked on the FIFO")
+    data, caught = outcome[0]
+    assert len(data.train) == 6
+    assert any(re.search(r"pipe\.png: ValueError: not a regular file \(a FIFO, socket or device\): not opened",
+                         str(w.message)) for w in caught), [str(w.message) for w in caught]

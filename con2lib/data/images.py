@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from con2lib.data import cache
 # re-exported: callers import them from here; the listing lives in its own module
-from con2lib.data.listing import IMAGE_SUFFIXES, SkippedImageWarning, list_images  # noqa: F401
+from con2lib.data.listing import (IMAGE_SUFFIXES, SkippedImageWarning, check_regular_file,  # noqa: F401
+                                  list_images)
 from con2lib.data.pixels import GRAY_MODES, MIN_SIDE, check_size, convert_mode, to_uint8  # noqa: F401
 
 _SKIPPED_SHOWN = 20  # file names listed in one warning; the full list goes to info["skipped_files"]
@@ -109,6 +110,8 @@ def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:
 
 def decode_file(path: Path | IO[bytes], prep: Preprocess) -> np.ndarray:
     """Decodes and preprocesses one file (path or open binary file); raises on any unreadable or too small image."""
+    if isinstance(path, (str, os.PathLike)):
+        check_regular_file(path)  # a FIFO named x.png would block the decoding thread for ever
     try:
         opened = Image.open(path)
     except UnidentifiedImageError:  # PIL's message names the file object ("<_io.BytesIO object at 0x...>")

@@ -11,6 +11,7 @@ A sub-folder that cannot be read is reported like an unreadable image file (a
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -59,6 +60,13 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
                 files.setdefault(os.path.realpath(path), path)
     _report_folders(unreadable, folder, strict)
     return sorted(files.values())
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raises ValueError for a FIFO, socket or device with an image's name: opening a FIFO waits for a writer
+    for ever, a device reads without end. OSError as ``os.stat`` raises it (a dangling link: not found)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a FIFO, socket or device): not opened")
 
 
 def _report_folders(unreadable: list[str], folder: Path, strict: bool) -> None:
