@@ -60,7 +60,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
     AUROC columns: MLflow's own first page of an experiment is an empty GenAI overview (con2lib.mlflow_ui).
     """
     from con2lib import tracking
-    from con2lib.mlflow_ui import KIND_TAG, KIND_TRAINING, ui_command, ui_url
+    from con2lib.mlflow_ui import ui_command, ui_url
+    from con2lib.store import KIND_TAG, KIND_TRAINING
 
     uri, base = tracking.tracking_uri(), f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} for {uri}")

@@ -7,7 +7,7 @@ experiment's kind from the UI mode, not from the experiment's ``mlflow.experimen
 sets that tag (:data:`KIND_TAG`), which earlier 3.x UIs read. The runs table shows no metric column by
 default; a *shared view*, an experiment tag ``mlflow.sharedViewState.<key>`` opened with
 ``?viewStateShareKey=<key>``, selects columns. Every experiment con2 creates gets both tags
-(:func:`ui_tags`), and :func:`ui_url` is the link that opens its runs table with the AUROCs.
+(:func:`con2lib.store.ui_tags`), and :func:`ui_url` is the link that opens its runs table with the AUROCs.
 
     python -m con2lib.mlflow_ui [--out runs/ui-screenshots]   # screenshots of the latest con2 experiment
 
@@ -20,7 +20,6 @@ table with the AUROC columns), ``run.png`` (its latest run: description with the
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -29,18 +28,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
-VIEW_KEY = "con2"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-COLUMNS = ("metrics.`auroc_nnd`", "metrics.`auroc_lh`", "metrics.`auroc_pixel_knn`", "metrics.`auroc_ssd`",
-           "params.`dataset`", "params.`normal_class`", "params.`context`", "params.`epochs`")
+from con2lib.store import KIND_TAG, KIND_TRAINING, VIEW_KEY
+
 ML_MODE = "workflowType=machine_learning"
-
-
-def ui_tags() -> dict[str, str]:
-    """The tags of every experiment con2 creates: its kind, and the shared view with the AUROC columns."""
-    view = {"selectedColumns": list(COLUMNS), "orderByKey": "attributes.start_time", "orderByAsc": False}
-    return {KIND_TAG: KIND_TRAINING, VIEW_TAG: json.dumps(view)}
 
 
 def ui_url(base: str, experiment_id: str) -> str:

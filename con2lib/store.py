@@ -9,6 +9,7 @@ SQLite store is created under a file lock, so runs started together do not race 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -171,6 +172,21 @@ def creation_lock(uri: str, timeout_s: float | None = None) -> Iterator[None]:
         os.close(fd)
 
 
+# How the MLflow UI shows a con2 experiment (con2lib.mlflow_ui): its kind, model training, and a shared view
+# (opened by ?viewStateShareKey=con2) whose runs table shows the AUROC columns.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+VIEW_KEY = "con2"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+COLUMNS = ("metrics.`auroc_nnd`", "metrics.`auroc_lh`", "metrics.`auroc_pixel_knn`", "metrics.`auroc_ssd`",
+           "params.`dataset`", "params.`normal_class`", "params.`context`", "params.`epochs`")
+
+
+def ui_tags() -> dict[str, str]:
+    """The tags of every experiment con2 creates: its kind, and the shared view with the AUROC columns."""
+    view = {"selectedColumns": list(COLUMNS), "orderByKey": "attributes.start_time", "orderByAsc": False}
+    return {KIND_TAG: KIND_TRAINING, VIEW_TAG: json.dumps(view)}
+
+
 def get_or_create_experiment(client: Any, name: str, location: str | None) -> Any:
     """The experiment ``name``, created (at ``location``) if it does not exist.
 
@@ -184,8 +200,6 @@ def get_or_create_experiment(client: Any, name: str, location: str | None) -> An
     if found is not None:
         return found
     try:
-        from con2lib.mlflow_ui import ui_tags  # shown as model training, with the AUROC columns
-
         return client.get_experiment(client.create_experiment(name, artifact_location=location, tags=ui_tags()))
     except MlflowException as err:
         found = client.get_experiment_by_name(name)  # created concurrently by another worker?

@@ -222,7 +222,8 @@ def test_con2_experiments_open_in_the_ui_on_runs_with_the_auroc_columns(fast_sto
     import json
 
     from con2lib import cli
-    from con2lib.mlflow_ui import KIND_TAG, VIEW_TAG, ui_url
+    from con2lib.mlflow_ui import ui_url
+    from con2lib.store import KIND_TAG, VIEW_TAG
 
     experiment_id = tracking.setup("shown")
     tags = MlflowClient().get_experiment(experiment_id).tags
