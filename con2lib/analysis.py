@@ -172,16 +172,21 @@ def pivot_table(runs: pd.DataFrame, rows: Sequence[str] = ("dataset", "normal_cl
     return table
 
 
+BASELINE_METRICS = ("auroc_ssd", "auroc_pixel_knn")  # reference scores: never marked as a row's best cell
+
+
 def _best_mask(table: pd.DataFrame, higher_is_better: bool) -> pd.DataFrame:
     mean = table["mean"]
-    best = mean.max(axis=1) if higher_is_better else mean.min(axis=1)
-    return mean.eq(best, axis=0) & mean.notna()
+    method = np.array([(c[-1] if isinstance(c, tuple) else c) not in BASELINE_METRICS for c in mean.columns])
+    pool = mean.loc[:, method] if method.any() else mean  # a table of baselines only: its own best
+    best = pool.max(axis=1) if higher_is_better else pool.min(axis=1)
+    return mean.eq(best, axis=0) & mean.notna() & (method[None, :] | ~method.any())
 
 
 def format_pivot(table: pd.DataFrame, decimals: int = 1, marker: str = "*",
                  higher_is_better: bool = True) -> pd.DataFrame:
     """Cells as ``"mean ± std (runs)"`` strings (runs: how many were pooled), the best mean of each row
-    suffixed with ``marker``.
+    suffixed with ``marker`` (the baselines of :data:`BASELINE_METRICS` are never the best).
 
     One run gives ``"mean (1)"``; an empty cell gives ``""``. Multi-level column names are joined
     with " | " so the frame writes to a one-header CSV.

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import pickle
 import random
@@ -94,6 +95,28 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     return state
 
 
+def check_finite(value: Any, where: str) -> None:
+    """Raises ValueError naming the first float tensor or number in ``value`` (nested dicts, lists) that is NaN or
+    infinite.
+
+    A ``weights_only`` load accepts such values; a model built from them scores every image NaN, or decides
+    against a NaN threshold (nothing is ever above it), without a word.
+    """
+    if isinstance(value, torch.Tensor):
+        if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise ValueError(f"{where} holds {bad} NaN or infinite value(s) of {value.numel()}: a damaged or "
+                             "tampered file, refused")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} is {value}: expected a finite number (a damaged or tampered file, refused)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{where}[{i}]")
+
+
 def model_state(model: torch.nn.Module, cfg_dict: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The checkpoint of a trained model: its weights, the config that built it, and extras."""
     return {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, "config": cfg_dict, **extra}
@@ -155,6 +178,7 @@ def load_training_state(path: str | os.PathLike[str], cfg_dict: dict[str, Any]) 
     state = load_checkpoint(path)
     if "training" not in state:
         return None
+    check_finite(state.get("model", {}), f"checkpoint {path} model")
     saved = state.get("config", {})
     differ = sorted(k for k in saved.keys() & cfg_dict.keys() if k not in RUN_IDENTITY and saved[k] != cfg_dict[k])
     if differ:

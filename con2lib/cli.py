@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 from con2lib.paramfiles import load_params
 from con2lib.serving import add_commands as add_serving_commands
@@ -38,9 +39,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from con2lib.ddp_worker import worker_main
 
         return worker_main(str(params.get("device", "auto")))
+    from con2lib.store import brief_store_errors
+
     try:
-        _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
-                                tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
+        with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+            _, status = execute_run(params, notebook=args.notebook, output=args.output, quiet=args.quiet,
+                                    tags={"con2.params_file": str(args.params)}, kernel=args.kernel)
     except RunNotStarted as err:  # a bad parameter or an unwritable store: nothing was created
         print(f"con2 run: {err}", file=sys.stderr)
         return 2
@@ -50,16 +54,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serves the MLflow UI for the project's store on 127.0.0.1 (use --host to expose it)."""
-    from con2lib import tracking
+    """Serves the MLflow UI for the project's store on 127.0.0.1 (use --host to expose it).
 
-    uri = tracking.tracking_uri()
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--host", args.host, "--port", str(args.port)]
-    if uri.startswith("sqlite:///"):
-        cmd += ["--default-artifact-root", tracking.artifact_root().as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri}")
-    return subprocess.call(cmd)
+    Prints the link of each experiment con2 created (the latest ten) that opens its runs table with the
+    AUROC columns: MLflow's own first page of an experiment is an empty GenAI overview (con2lib.mlflow_ui).
+    """
+    from con2lib import tracking
+    from con2lib.mlflow_ui import ui_command, ui_url
+    from con2lib.store import KIND_TAG, KIND_TRAINING
+
+    uri, base = tracking.tracking_uri(), f"http://{args.host}:{args.port}"
+    print(f"MLflow UI on {base} for {uri}")
+    if not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file():
+        from mlflow.tracking import MlflowClient
+
+        found = [e for e in MlflowClient(uri).search_experiments(order_by=["creation_time DESC"], max_results=100)
+                 if e.tags.get(KIND_TAG) == KIND_TRAINING][:10]
+        if found:
+            print("runs with their AUROCs (the toggle at the top left: Model training, not GenAI):")
+        for experiment in found:
+            print(f"  {experiment.name}: {ui_url(base, experiment.experiment_id)}")
+    return subprocess.call(ui_command(uri, tracking.artifact_root(), args.host, args.port))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from con2lib.paths import SYSTEM_DIRS, resolve, under_system_dir
+
 CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
@@ -31,8 +33,15 @@ EVAL_SPLITS = ("test", "validation")  # validation: carved from the training spl
 VALIDATION_DATASETS = ("digits", "mnist", "fashionmnist", "cifar10", "cifar100")
 MAX_SEED = 2**32 - 1  # NumPy's seeds (and torch's generators as used here) take 32-bit unsigned integers
 MAX_IMAGE_SIZE = 1024  # 4x the paper's largest input (224); beyond it a batch alone outgrows any GPU
-MAX_STEPS = 10**7  # min_steps: 500x the paper's one-class CIFAR-10 budget (2048 epochs of about 10 steps)
 MIN_TRAIN = 2  # fewest normal training images that give S_LH statistics (a mean and a covariance)
+# Upper bounds of integer parameters: far above any sensible run, far below the 64-bit overflows (torch sizes,
+# MLflow steps) that a value like 1e20 hits only after training
+MAX_INTS = {"epochs": 100_000, "checkpoint_every": 100_000, "batch_size": 65_536, "eval_batch_size": 65_536,
+            "proj_dim": 16_384, "tta": 1_024, "plot_points": 100_000, "max_train": 10**9, "max_test": 10**9,
+            "min_steps": 10**7}  # min_steps: 500x the paper's one-class CIFAR-10 budget (2048 epochs of ~10 steps)
+# val_fraction: below, a handful of validation normals (digits: 4); above, fewer images train than validate
+VAL_FRACTION = (0.05, 0.5)
+_REPR_CHARS = 80  # values shown in messages: a YAML alias bomb would take gigabytes to print in full
 
 
 @dataclass(frozen=True)
@@ -111,15 +120,23 @@ class Config:
         if self.eval_split == "validation" and self.dataset not in VALIDATION_DATASETS:
             _fail("eval_split", self.eval_split, f"'test' for data set {self.dataset!r}: a validation split needs "
                   f"labelled training images of the anomalous classes ({', '.join(VALIDATION_DATASETS)})")
-        if not 0 < self.val_fraction < 1:
-            _fail("val_fraction", self.val_fraction, "a number in (0, 1)")
+        low, high = VAL_FRACTION
+        if not low <= self.val_fraction <= high:
+            _fail("val_fraction", self.val_fraction, f"a number in [{low}, {high}] (the share of the normal training "
+                  f"images held out for validation: below {low} too few validation normals for an AUROC, above "
+                  f"{high} fewer images train than validate)")
+        for name, top in MAX_INTS.items():  # before the range checks below: they print the value
+            if getattr(self, name) > top:
+                _fail(name, getattr(self, name), f"an integer <= {top:_}")
+        for name in ("data_root", "folder_train", "folder_test"):
+            _check_not_system(name, getattr(self, name))
         _check_context(self.context)
         _check_choice("loss", self.loss, LOSSES)
         _check_choice("stem", self.stem, STEMS)
         _check_choice("device", self.device, DEVICES)
         _check_positive("epochs", self.epochs)
-        if not 0 <= self.min_steps <= MAX_STEPS:
-            _fail("min_steps", self.min_steps, f"an integer in [0, {MAX_STEPS}] (0: train exactly `epochs`)")
+        if self.min_steps < 0:
+            _fail("min_steps", self.min_steps, "an integer >= 0 (0: train exactly `epochs`)")
         _check_positive("proj_dim", self.proj_dim)
         _check_positive("eval_batch_size", self.eval_batch_size)
         _check_positive("checkpoint_every", self.checkpoint_every)
@@ -215,7 +232,11 @@ class Config:
             )
         hints = typing.get_type_hints(cls)
         if isinstance(params.get("context"), (list, tuple)):  # YAML list of contexts (appendix E.2)
-            params = {**params, "context": ",".join(map(str, params["context"]))}
+            contexts = params["context"]
+            # checked before joining: str() of nested lists (a YAML alias bomb) grows without bound
+            if len(contexts) > MAX_CONTEXTS - 1 or not all(isinstance(c, str) and len(c) <= 100 for c in contexts):
+                _fail("context", contexts, f"a list of 1 to {MAX_CONTEXTS - 1} context names")
+            params = {**params, "context": ",".join(contexts)}
         values = {name: _coerce(name, value, hints[name]) for name, value in params.items()}
         return cls(**values)
 
@@ -241,7 +262,27 @@ class Config:
 
 
 def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"parameter {name}={value!r} is invalid: expected {allowed}")
+    raise ValueError(f"parameter {name}={_short_repr(value)} is invalid: expected {allowed}")
+
+
+def _short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a few nesting levels and characters: bounded time and memory for any value."""
+    import reprlib
+
+    shown = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
+    shown.maxlevel, shown.maxlist, shown.maxtuple, shown.maxdict = 2, 4, 4, 4
+    shown.maxstring = shown.maxother = _REPR_CHARS
+    text = shown.repr(value)
+    return text if len(text) <= _REPR_CHARS else f"{text[:_REPR_CHARS]}..."
+
+
+def _check_not_system(name: str, value: str) -> None:
+    """Refuses a folder parameter under /proc, /sys or /dev (links resolved): not data, and endless to walk."""
+    if not value:
+        return
+    if under_system_dir(resolve(value)):
+        _fail(name, value, f"a folder of image files, not under {', '.join(SYSTEM_DIRS)} (links resolved; kernel "
+              "file systems: walking one lists the whole machine or blocks on a device)")
 
 
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -288,5 +329,5 @@ def _coerce(name: str, value: Any, hint: Any) -> Any:
         if option is str and isinstance(value, str):
             return value
     expected = " or ".join("list of str" if typing.get_origin(o) is tuple else o.__name__ for o in options)
-    raise ValueError(f"parameter {name}={value!r} has type {type(value).__name__}; expected {expected}")
+    raise ValueError(f"parameter {name}={_short_repr(value)} has type {type(value).__name__}; expected {expected}")
 

@@ -23,3 +23,17 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     """Absolute path; a relative one is taken relative to the project root, not the kernel's cwd."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else (project_root() / p).resolve()
+
+
+SYSTEM_DIRS = ("/proc", "/sys", "/dev")  # kernel file systems: no data; /proc/self/root is the whole machine
+_RAM_DISK = "/dev/shm"  # a plain tmpfs where data is staged for speed: not a device
+
+
+def under_system_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path``, links resolved, lies under /proc, /sys or /dev (never a data folder; /dev/shm may be)."""
+    real = os.path.realpath(path)
+
+    def under(top: str) -> bool:
+        return real == top or real.startswith(top + os.sep)
+
+    return any(under(top) for top in SYSTEM_DIRS) and not under(_RAM_DISK)

@@ -24,15 +24,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from con2lib.calibration import (CalibrationWarning, loo_nnd_scores, rates, small_calibration_warning,
                                  threshold_at_fpr)
-from con2lib.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.checkpoint import check_finite, load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
 from con2lib.evaluate import extract_features, nnd_bank, tta_views
-from con2lib.model_inputs import decode, input_example, input_images
+from con2lib.model_inputs import decode, error_text, input_example, input_images, json_safe
 from con2lib.scores import GaussianScorer, nnd_index, nnd_score_views
 from con2lib.train import build_model, select_device
 
@@ -114,6 +115,8 @@ class ScoringModel:
         """Rebuilds the model from :meth:`state` (a ``weights_only`` checkpoint) on ``device``."""
         if state.get("format") != STATE_FORMAT:
             raise ValueError(f"CON2 model state format {state.get('format')!r}; this con2lib reads {STATE_FORMAT}")
+        for key in ("encoder", "bank", "scorer", "thresholds", "calibration"):  # before anything is built on them
+            check_finite(state.get(key), f"CON2 model state {key}")
         cfg = Config.from_params(state["config"])
         views = [[v.context, v.augment, v.seed] for v in tta_views(cfg)]
         if state.get("views", views) != views or ("views" not in state and _views_changed(cfg)):
@@ -199,7 +202,7 @@ class ScoringModel:
         return metrics
 
     def predict(self, images: Sequence[Any], score: str = "nnd") -> pd.DataFrame:
-        """Scores raw images (paths, encoded bytes, arrays); an unusable one becomes a row with ``error``.
+        """Scores raw images (encoded bytes, base64 text, arrays); an unusable one becomes a row with ``error``.
 
         Returns:
             One row per image: ``score`` (the chosen one), ``anomaly`` (score > threshold), ``nearest_index``
@@ -222,7 +225,7 @@ class ScoringModel:
                 prepared.append(torch.from_numpy(prepare_image(decode(image), self.prep)))
                 ok.append(i)
             except Exception as err:  # noqa: BLE001 - any failure to read one image is that image's error
-                out.loc[i, "error"] = f"{type(err).__name__}: {err}"
+                out.loc[i, "error"] = error_text(err)
         if ok:
             s = self.score(torch.stack(prepared))
             chosen = s[score].numpy().astype(np.float64)
@@ -252,7 +255,17 @@ class Con2PyfuncModel(mlflow.pyfunc.PythonModel):
                              f"({self.model.threshold_source}); use score 'nnd'")
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        return self.model.predict(input_images(model_input), self.score_name)
+        """:meth:`ScoringModel.predict`'s table, missing values as None (``null`` in the server's JSON).
+
+        Raises:
+            MlflowException: an input the model does not take (a ``path`` column, no ``image`` column): the
+                server answers 400 with this one line, without a traceback.
+        """
+        try:
+            images = input_images(model_input)
+        except (TypeError, ValueError) as err:
+            raise MlflowException.invalid_parameter_value(str(err)) from None
+        return json_safe(self.model.predict(images, self.score_name))
 
 
 def pip_requirements() -> list[str]:

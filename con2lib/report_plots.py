@@ -92,29 +92,34 @@ def efficiency_figure(timings: pd.DataFrame, sweep: str, value: str = "total_s")
 
 
 def embed_2d(features: torch.Tensor | np.ndarray, method: str = "pca", seed: int = 0,
-             n_neighbors: int = 15) -> np.ndarray:
-    """(N, F) features -> (N, 2) coordinates of the L2-normalised features by PCA or UMAP (seeded)."""
+             n_neighbors: int = 15) -> tuple[np.ndarray, tuple[str, str]]:
+    """(N, F) features -> (N, 2) coordinates of the L2-normalised features by PCA or UMAP (seeded), and the
+    axis titles: ``PC1 (41.2% of variance)``, ``PC2 (...)``; ``UMAP 1``, ``UMAP 2``."""
     z = F.normalize(torch.as_tensor(features).float(), dim=1).cpu().numpy()
     if method == "pca":
         from sklearn.decomposition import PCA
 
-        return PCA(n_components=2, random_state=seed).fit_transform(z)
+        pca = PCA(n_components=2, random_state=seed)
+        coords = pca.fit_transform(z)
+        first, second = pca.explained_variance_ratio_
+        return coords, (f"PC1 ({100 * first:.1f}% of variance)", f"PC2 ({100 * second:.1f}% of variance)")
     if method == "umap":
         import umap  # umap-learn: imported late, its numba compilation takes seconds
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "n_jobs overridden by random_state": seeded means serial
             return umap.UMAP(n_components=2, n_neighbors=max(2, min(n_neighbors, len(z) - 1)),
-                             random_state=seed).fit_transform(z)
+                             random_state=seed).fit_transform(z), ("UMAP 1", "UMAP 2")
     raise ValueError(f"method={method!r}: expected 'pca' or 'umap'")
 
 
-def embedding_figure(coords: np.ndarray, group: Sequence[str], hover: pd.DataFrame, title: str) -> go.Figure:
+def embedding_figure(coords: np.ndarray, group: Sequence[str], hover: pd.DataFrame, title: str,
+                     axes: tuple[str, str]) -> go.Figure:
     """Scatter of 2-D coordinates, one trace per group (train / normal test / anomalous test, and
     the same names suffixed " (context)" for context copies, drawn hollow).
 
     Args:
-        coords: (N, 2) coordinates.
+        coords, axes: (N, 2) coordinates and the axis titles (:func:`embed_2d`).
         group: (N,) group name of each point.
         hover: N rows of columns shown on hover (e.g. label, class, score, index).
     """
@@ -131,7 +136,7 @@ def embedding_figure(coords: np.ndarray, group: Sequence[str], hover: pd.DataFra
             marker=dict(size=5, color=_GROUP_COLOURS.get(base), opacity=0.7,
                         symbol=("x" if base == "anomalous test" else "circle") + ("-open" if base != name else "")),
             customdata=hover[mask].astype(str).to_numpy(), hovertemplate=template))
-    fig.update_layout(title=title, height=550, template="plotly_white", xaxis_title="1", yaxis_title="2")
+    fig.update_layout(title=title, height=550, template="plotly_white", xaxis_title=axes[0], yaxis_title=axes[1])
     return fig
 
 

@@ -19,8 +19,11 @@ T = TypeVar("T")
 TAG_RESUME_KEY, TAG_RESUMED = "con2.resume_key", "con2.resumed_from_epoch"
 TAG_PARENT = "mlflow.parentRunId"
 # How runs end when something outside stopped them: continuing them repeats nothing that went wrong.
-# A run that FAILED on an error of its own (bad data, a NaN loss, a bug) starts afresh: the error would recur.
-_INTERRUPTIONS = ("died while the run was RUNNING", "DeadKernelError")
+# A full disk is one (a checkpoint or MLflow write failed; once there is room the run goes on from its last
+# checkpoint). A run that FAILED on an error of its own (bad data, a NaN loss, a bug) starts afresh: the
+# error would recur.
+_INTERRUPTIONS = ("died while the run was RUNNING", "DeadKernelError", "No space left on device",
+                  "[Errno 28]", "database or disk is full", "Disk quota exceeded")
 
 
 def find_resumable(client: Any, experiment_id: str, key: str, parent: str = "") -> tuple[str, int, Claim] | None:
@@ -28,8 +31,8 @@ def find_resumable(client: Any, experiment_id: str, key: str, parent: str = "") 
     checkpoint; claimed for this process (:class:`con2lib.run_files.Claim`), so no other start continues it too.
 
     Interrupted: KILLED (Ctrl-C, SIGTERM: a sweep stopped, a Slurm time limit), or FAILED because its
-    process or kernel died. The checkpoint is ``runs/<run id>/checkpoint.pt`` here (any host's run, when
-    the runs folder is shared).
+    process or kernel died or the disk was full. The checkpoint is ``runs/<run id>/checkpoint.pt`` here
+    (any host's run, when the runs folder is shared).
 
     Returns:
         ``(run_id, epoch of its checkpoint, the claim)``, or None.

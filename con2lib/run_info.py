@@ -90,6 +90,16 @@ def log_data_inputs(cfg: Config, data: Any) -> None:
         mlflow.log_input(dataset, context=context)
 
 
+# the headline AUROCs of a run, as ``con2 run`` and ``con2 sweep`` print them
+HEADLINE = {"auroc_nnd": "S_NND", "auroc_lh": "S_LH", "auroc_pixel_knn": "raw-pixel 1-NN (same split)"}
+
+
+def auroc_summary(metrics: dict[str, float]) -> str:
+    """``AUROC S_NND 90.79, S_LH 92.50, raw-pixel 1-NN (same split) 98.46``, or ``""`` before scoring."""
+    shown = ", ".join(f"{label} {100 * metrics[key]:.2f}" for key, label in HEADLINE.items() if key in metrics)
+    return f"AUROC {shown}" if shown else ""
+
+
 def description(cfg: Config, metrics: dict[str, float]) -> str:
     """The run's description (markdown): what ran, its AUROCs, and how to read the loss curves."""
     shown = [f"{label} **{100 * metrics[key]:.2f}**" for key, label in

@@ -25,7 +25,8 @@ from con2lib.paths import project_root, resolve
 from con2lib.progress import StreamEcho, known_parameters, notebook_html
 from con2lib.resume import TAG_PARENT, TAG_RESUME_KEY, TAG_RESUMED, find_resumable, reopen, retry_locked
 from con2lib.run_files import RunBusy, atomic_notebook_path
-from con2lib.run_info import TAG_DESCRIPTION, description, run_name, source_tags
+from con2lib.run_info import TAG_DESCRIPTION, auroc_summary, description, run_name, source_tags
+from con2lib.store import brief_store_errors, check_text, one_line
 
 
 
@@ -46,6 +47,7 @@ def prepare(params: dict[str, Any]) -> tuple[Config, str]:
 
     try:
         cfg = Config.from_params(params)
+        check_text(cfg.to_dict())  # before the store sees a run name or an experiment it cannot hold
         _check_device(cfg.device)
         return cfg, tracking.setup(cfg.experiment)
     except (ValueError, MlflowException) as err:
@@ -82,6 +84,7 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
 
     from con2lib import tracking
 
+    print("con2 run: checking the parameters and the tracking store", flush=True)  # MLflow takes seconds to open
     cfg, experiment_id = prepare(params)
     if mark_dead:
         for dead in tracking.mark_dead_runs_failed():
@@ -112,7 +115,8 @@ def execute_run(params: dict[str, Any], notebook: str | os.PathLike[str] = "note
         import papermill
 
         out.parent.mkdir(parents=True, exist_ok=True)
-        print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}", flush=True)
+        print(f"con2 run: MLflow run {run_id} (experiment {cfg.experiment!r}), notebook -> {out}\n"
+              "con2 run: starting the notebook's kernel", flush=True)
         # stdout_file: the notebook's output reaches the terminal as it is written (all of it, or the
         # progress lines when quiet); coalesce_streams: the notebook keeps each bar's last state only
         with known_parameters(cfg.to_dict()):
@@ -146,7 +150,7 @@ def _finish(client: Any, run_id: str, out: Path, error: BaseException | None, cf
     except Exception as err:  # noqa: BLE001 - MLflow's own traceback would hide what happened
         why = f" after {_summary(error)}" if error is not None else ""
         print(f"con2 run: FAILED: the tracking store could not record the end of MLflow run {run_id}{why}: "
-              f"{' '.join(_summary(err).split())[:500]} (a full disk? the next start marks it FAILED)",
+              f"{one_line(_summary(err))} (a full disk? the next start marks it FAILED)",
               file=sys.stderr, flush=True)
         return "FAILED"
 
@@ -160,16 +164,14 @@ def _end(client: Any, run_id: str, out: Path, error: BaseException | None, cfg: 
     try:  # a description is a convenience: it must not hide how the run ended
         client.set_tag(run_id, TAG_DESCRIPTION, description(cfg, client.get_run(run_id).data.metrics))
     except Exception as err:  # noqa: BLE001
-        print(f"con2 run: could not set the description of run {run_id}: {err}", file=sys.stderr)
+        print(f"con2 run: could not set the description of run {run_id}: {one_line(err)}", file=sys.stderr)
     if error is None:
         _log_notebook(client, run_id, out)
         if status == "RUNNING":
             client.set_terminated(run_id, "FINISHED")
             status = "FINISHED"
-        metrics = client.get_run(run_id).data.metrics
-        names = {"auroc_nnd": "S_NND", "auroc_lh": "S_LH", "auroc_pixel_knn": "raw-pixel 1-NN (same split)"}
-        shown = ", ".join(f"{v} {100 * metrics[k]:.2f}" for k, v in names.items() if k in metrics)
-        print(f"con2 run: finished{': AUROC ' + shown if shown else ''}; open it with `make ui` "
+        shown = auroc_summary(client.get_run(run_id).data.metrics)
+        print(f"con2 run: finished{': ' + shown if shown else ''}; open it with `make ui` "
               f"({mlflow.get_tracking_uri()}); model runs:/{run_id}/model", flush=True)
         return status
     ending = "KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED"
@@ -195,11 +197,12 @@ def _log_notebook(client: Any, run_id: str, out: Path) -> None:
     """Logs the executed notebook, and as HTML next to it (the artifact viewer shows HTML, not .ipynb)."""
     if not out.is_file():
         return
+    print("con2 run: logging the executed notebook (notebook/train.ipynb and .html)", flush=True)
     try:
         client.log_artifact(run_id, str(out), artifact_path="notebook")
         client.log_artifact(run_id, str(notebook_html(out)), artifact_path="notebook")
     except Exception as err:  # noqa: BLE001 - a full disk must not hide how the run ended
-        print(f"con2 run: could not log the executed notebook {out}: {err}", file=sys.stderr)
+        print(f"con2 run: could not log the executed notebook {out}: {one_line(err)}", file=sys.stderr)
 
 
 def _check_device(name: str) -> None:
@@ -240,7 +243,8 @@ def run_point(task: dict[str, Any]) -> tuple[str, str]:
     params = dict(task["params"])
     if task.get("gpu") and params.get("device", "auto") == "auto":
         params["device"] = "cuda"  # the worker or job sees only its own GPU(s) (CUDA_VISIBLE_DEVICES)
-    return execute_run(params, notebook=task["notebook"], quiet=True, tags=task["tags"], mark_dead=False)
+    with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+        return execute_run(params, notebook=task["notebook"], quiet=True, tags=task["tags"], mark_dead=False)
 
 
 def _die_with_parent(parent_pid: int | None) -> None:

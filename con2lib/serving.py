@@ -12,6 +12,7 @@ serve`` serves the same model over HTTP (docs/scoring.md).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def collect_images(args: list[str]) -> tuple[list[Path], list[tuple[str, str]]]:
             found = list_images(path)
             files += found
             if not found:
-                problems.append((arg, "folder holds no image files (*.png, *.jpg, ...)"))
+                problems.append((arg, _no_images(path)))
         elif path.is_file():
             files.append(path)  # named explicitly: tried whatever its extension
         else:
@@ -97,9 +98,13 @@ def cmd_score(args: argparse.Namespace) -> int:
     parts = [pd.DataFrame({"path": [p for p, _ in problems], "error": [why for _, why in problems]})]
     with tqdm(total=len(files), desc="scoring", unit="img", file=sys.stderr) as bar:
         for start in range(0, len(files), args.batch_size):
-            chunk = [str(p) for p in files[start:start + args.batch_size]]
-            table = model.predict(pd.DataFrame({"path": chunk}))
-            table.insert(0, "path", chunk)
+            chunk = files[start:start + args.batch_size]
+            # the model opens no files (con2lib.model_inputs): this command reads them and passes their bytes
+            read = [_read_file(p) for p in chunk]
+            table = model.predict(pd.DataFrame({"image": [data for data, _ in read]}))
+            unread = [i for i, (_, why) in enumerate(read) if why]
+            table.loc[unread, "error"] = [read[i][1] for i in unread]
+            table.insert(0, "path", [str(p) for p in chunk])
             parts.append(table)
             bar.update(len(chunk))
     # argparse guarantees one argument at least, so there is a file or a problem row to concatenate
@@ -131,6 +136,7 @@ def cmd_register(args: argparse.Namespace) -> int:
     Returns:
         0 when registered; 2 when the run or its model does not exist, or the registry refused.
     """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -145,13 +151,15 @@ def cmd_register(args: argparse.Namespace) -> int:
         print(f"con2 register: {_first_line(err)}", file=sys.stderr)
         return 2
     try:  # checked before the registry creates the name
-        mlflow.models.get_model_info(uri)
+        info = mlflow.models.get_model_info(uri)
     except Exception:  # noqa: BLE001 - MLflow says "failed to download MLmodel"; say what it means
         print(f"con2 register: run {args.run_id} has no model {uri} (a run logs it in its notebook's 'Threshold "
               "and model' cell: did the run finish?)", file=sys.stderr)
         return 2
     try:
-        version = mlflow.register_model(uri, args.name)
+        # the logged model's own URI (models:/m-...): registering runs:/<id>/model makes MLflow 3 warn that the
+        # run "has no artifacts at artifact path 'model'" (they live with the logged model) and fall back to it
+        version = mlflow.register_model(info.model_uri, args.name)
         client.set_registered_model_alias(args.name, args.alias, version.version)
     except Exception as err:  # noqa: BLE001 - a name or alias the registry refuses: one line
         print(f"con2 register: {_first_line(err)}", file=sys.stderr)
@@ -179,6 +187,32 @@ def _output_problem(out: str) -> str | None:
     except OSError as err:
         return f"cannot be written ({err.strerror or err})"
     return None
+
+
+def _no_images(folder: Path) -> str:
+    """Why a folder gave no image file: what it holds instead (a few names), or that it is empty."""
+    from con2lib.data.images import IMAGE_SUFFIXES
+
+    # a few names say why; a tree of thousands of other files need not be walked to the end for that
+    others = sorted(str(p.relative_to(folder)) for p in itertools.islice(folder.rglob("*"), 1000) if p.is_file())
+    if not others:
+        return "folder holds no files"
+    names = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+    return (f"folder holds no image files: {names} {'is' if len(others) == 1 else 'are'} not an image "
+            f"(image files end in {', '.join(sorted(IMAGE_SUFFIXES))}; hidden files are skipped)")
+
+
+def _read_file(path: Path) -> tuple[bytes | None, str]:
+    """The bytes of an image file, or ``(None, why not)``: a FIFO, device or folder is not read (it could block)."""
+    from con2lib.data.listing import check_regular_file
+
+    try:
+        check_regular_file(path)
+        return path.read_bytes(), ""
+    except ValueError as err:
+        return None, str(err)
+    except OSError as err:
+        return None, f"cannot be read ({err.strerror or err})"
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,8 +9,13 @@ SQLite store is created under a file lock, so runs started together do not race 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import math
 import os
 import shutil
+import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +29,7 @@ except ImportError:  # Windows: no advisory locks; start the first run alone the
     fcntl = None  # type: ignore[assignment]
 
 MIN_FREE_BYTES = 100 * 2**20  # refuse to start below this: checkpoints and artifacts need room
+LOCK_TIMEOUT_S = 60  # a start waits this long for another process creating or opening the SQLite store
 SERVER_TIMEOUT_S = 10  # a tracking server that does not answer within this at start is reported unreachable
 _HINT = "free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR"
 
@@ -39,8 +45,42 @@ def check_writable(folder: Path, what: str = "tracking store folder") -> None:
     except OSError as err:
         raise ValueError(f"the {what} {folder} is not writable ({err.strerror or err}); {_HINT}") from err
     if free < MIN_FREE_BYTES:
-        raise ValueError(f"the {what} {folder} has only {free / 2**20:.0f} MB free, below the "
+        shown = math.floor(free / 2**20 * 10) / 10  # rounded down: 99.96 MB must not read "100 MB free, below 100"
+        raise ValueError(f"the {what} {folder} has only {shown:.1f} MB free, below the "
                          f"{MIN_FREE_BYTES / 2**20:.0f} MB a run needs for checkpoints and artifacts; {_HINT}")
+
+
+def check_text(values: dict[str, Any]) -> None:
+    """Raises ValueError naming the first parameter whose text the store cannot hold (a lone surrogate such
+    as ``"\\ud800"`` is no UTF-8: SQLAlchemy would fail on it mid-run with a long traceback)."""
+    for name, value in values.items():
+        for text in value if isinstance(value, (list, tuple)) else [value]:
+            if not isinstance(text, str):
+                continue
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"parameter {name}={shorten(text)!r} is not valid text: character "
+                                 f"{text[err.start]!r} at position {err.start} cannot be written as UTF-8") from err
+
+
+class _NoStoreTracebacks(logging.Filter):
+    """Drops MLflow's logged traceback of a failed SQL statement (about 70 lines per call): the error is raised
+    as an MlflowException anyway, and con2 says it in one line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SQLAlchemy database error")
+
+
+@contextlib.contextmanager
+def brief_store_errors() -> Iterator[None]:
+    """Within the block a store that fails (a full disk) logs no tracebacks; its errors are still raised."""
+    logger, brief = logging.getLogger("mlflow.store.db.utils"), _NoStoreTracebacks()
+    logger.addFilter(brief)
+    try:
+        yield
+    finally:
+        logger.removeFilter(brief)
 
 
 def check_server(uri: str, timeout_s: float = SERVER_TIMEOUT_S) -> None:
@@ -83,21 +123,68 @@ def local_artifact_folder(location: str) -> Path | None:
     return Path(location) if os.path.isabs(location) else None
 
 
+def one_line(error: BaseException | str, limit: int = 500) -> str:
+    """An error message on one line (SQLAlchemy's span three: the SQL and a link), at most ``limit`` characters."""
+    return " ".join(str(error).split())[:limit]
+
+
 def shorten(name: str) -> str:
     """A name as shown in a one-line message: up to 80 characters."""
     return name if len(name) <= 80 else f"{name[:60]}...({len(name)} characters)"
 
 
 @contextlib.contextmanager
-def creation_lock(uri: str) -> Iterator[None]:
-    """Holds an exclusive lock beside a SQLite store while MLflow opens it (and, when new, creates its tables)."""
+def creation_lock(uri: str, timeout_s: float | None = None) -> Iterator[None]:
+    """Holds an exclusive lock beside a SQLite store while MLflow opens it (and, when new, creates its tables).
+
+    The holder writes ``process <pid> on <host>`` into the lock file, so a start that waits longer than
+    ``timeout_s`` (default :data:`LOCK_TIMEOUT_S`, or ``$CON2_STORE_LOCK_TIMEOUT_S``) names it.
+
+    Raises:
+        ValueError: another process held the lock for the whole wait; the message names it.
+    """
     if not uri.startswith("sqlite:///") or fcntl is None:
         yield
         return
+    if timeout_s is None:
+        timeout_s = float(os.environ.get("CON2_STORE_LOCK_TIMEOUT_S") or LOCK_TIMEOUT_S)
     lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock, "a") as f:  # noqa: PTH123 - the descriptor carries the lock
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
-        yield
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:  # closing the descriptor releases the lock, however this process ends
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as err:
+                if time.monotonic() >= deadline:
+                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                    raise ValueError(f"the tracking store {lock.with_suffix('')} is locked by {holder} (lock file "
+                                     f"{lock}, waited {timeout_s:.0f} s); wait for it to finish, or stop it") from err
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # a later holder that writes no name must not be taken for this process
+    finally:
+        os.close(fd)
+
+
+# How the MLflow UI shows a con2 experiment (con2lib.mlflow_ui): its kind, model training, and a shared view
+# (opened by ?viewStateShareKey=con2) whose runs table shows the AUROC columns.
+KIND_TAG, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+VIEW_KEY = "con2"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+COLUMNS = ("metrics.`auroc_nnd`", "metrics.`auroc_lh`", "metrics.`auroc_pixel_knn`", "metrics.`auroc_ssd`",
+           "params.`dataset`", "params.`normal_class`", "params.`context`", "params.`epochs`")
+
+
+def ui_tags() -> dict[str, str]:
+    """The tags of every experiment con2 creates: its kind, and the shared view with the AUROC columns."""
+    view = {"selectedColumns": list(COLUMNS), "orderByKey": "attributes.start_time", "orderByAsc": False}
+    return {KIND_TAG: KIND_TRAINING, VIEW_TAG: json.dumps(view)}
 
 
 def get_or_create_experiment(client: Any, name: str, location: str | None) -> Any:
@@ -113,7 +200,7 @@ def get_or_create_experiment(client: Any, name: str, location: str | None) -> An
     if found is not None:
         return found
     try:
-        return client.get_experiment(client.create_experiment(name, artifact_location=location))
+        return client.get_experiment(client.create_experiment(name, artifact_location=location, tags=ui_tags()))
     except MlflowException as err:
         found = client.get_experiment_by_name(name)  # created concurrently by another worker?
         if found is None:

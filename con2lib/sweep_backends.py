@@ -24,7 +24,8 @@ from typing import Any
 from con2lib import sweep as sw
 from con2lib.paths import project_root
 from con2lib.progress import StreamEcho
-from con2lib.runner import run_point
+from con2lib.run_info import auroc_summary
+from con2lib.sweep_report import log_results, point_name, results, table
 
 OnDone = Callable[[dict[str, Any], str], None]
 STOP_GRACE_S = 120  # an interrupted worker ends its run KILLED and logs it; then it is killed
@@ -62,7 +63,7 @@ def run_sweep(sweep: sw.Sweep, backend: Any, experiment: str | None = None,
     env = {"MLFLOW_TRACKING_URI": tracking.tracking_uri(),
            **{k: os.environ[k] for k in ("CON2_RUNS_DIR", "CON2_HOME") if os.environ.get(k)}}
     tasks = [{"key": p.key, "index": p.index, "label": p.label, "notebook": notebook, "env": env,
-              "params": {**p.params, "run_name": p.params.get("run_name") or p.label},
+              "params": {**p.params, "run_name": point_name(p)},
               "tags": child_tags(sweep, p, parent)} for p in todo]
     ended: list[str] = []
 
@@ -71,8 +72,10 @@ def run_sweep(sweep: sw.Sweep, backend: Any, experiment: str | None = None,
         now = sw.point_states(sweep, sw.sweep_runs(client, sweep, experiment_ids))
         state, run = now[task["key"]]
         failure = run.data.tags.get(tracking.TAG_FAILURE) if run is not None and state != "done" else None
+        shown = auroc_summary(run.data.metrics) if run is not None and state == "done" else ""
         print(f"con2 sweep: [{len(ended)}/{len(todo)}] point {task['index']} ({task['label']}): {outcome}"
-              + (f", run {run.info.run_id}" if run is not None else "") + (f" ({failure})" if failure else ""))
+              + (f", run {run.info.run_id}" if run is not None else "") + (f", {shown}" if shown else "")
+              + (f" ({failure})" if failure else ""))
         print(sw.summary(sweep, now), flush=True)
 
     restore = interrupt_on_termination()  # SIGTERM / SIGHUP stop the sweep like Ctrl-C
@@ -92,19 +95,24 @@ def run_sweep(sweep: sw.Sweep, backend: Any, experiment: str | None = None,
     for state in sw.STATES:
         client.log_metric(parent, f"points_{state}", counts[state])
     complete = counts["done"] == len(sweep.points)
+    rows = results(sweep, states)
+    log_results(client, parent, sweep, rows)
     client.set_terminated(parent, "FINISHED" if complete else "FAILED")
+    print(f"con2 sweep: results (AUROC in percent; also sweep/results.csv of the parent run)\n{table(rows)}")
     print(sw.summary(sweep, states), flush=True)
     return 0 if complete else 1
 
 
 def start_parent(client: Any, sweep: sw.Sweep, experiment_id: str, runs: list[Any]) -> str:
     """Finds this sweep's parent run (or creates it), marks it RUNNING and logs the expanded grid."""
-    from con2lib.tracking import TAG_HOST, TAG_PID
+    from con2lib.tracking import TAG_FAILURE, TAG_HOST, TAG_PID
 
     parents = [r for r in runs if r.data.tags.get(sw.TAG_ROLE) == "parent" and r.info.experiment_id == experiment_id]
     if parents:
         run_id = parents[0].info.run_id
         client.update_run(run_id, status="RUNNING")
+        if TAG_FAILURE in parents[0].data.tags:  # why an earlier attempt ended (its process died): no longer true
+            client.delete_tag(run_id, TAG_FAILURE)
     else:
         run_id = client.create_run(experiment_id, run_name=f"sweep {sweep.path.stem} {sweep.sweep_id}",
                                    tags={sw.TAG_SWEEP: sweep.sweep_id, sw.TAG_ROLE: "parent"}).info.run_id
@@ -255,68 +263,6 @@ def _follow(proc: subprocess.Popen, log: Path, offset: int, label: str, poll_s: 
             if code is not None:
                 return code
             time.sleep(poll_s)
-
-
-class SlurmBackend:
-    """A submitit job array: one array task per point, each on its own GPU(s).
-
-    ``cluster="local"`` runs the same jobs on this machine with submitit's local executor (tests, or a
-    dry rehearsal before a cluster run).
-    """
-
-    def __init__(self, folder: Path, cluster: str = "slurm", partition: str | None = None, time_min: int = 1440,
-                 gpus_per_job: int = 1, cpus_per_job: int | None = None, array_parallelism: int = 64,
-                 poll_s: float | None = None) -> None:
-        self.folder, self.cluster, self.partition = folder, cluster, partition
-        self.time_min, self.gpus_per_job, self.cpus_per_job = time_min, gpus_per_job, cpus_per_job
-        self.array_parallelism = array_parallelism
-        self.poll_s = poll_s if poll_s is not None else (1.0 if cluster == "local" else 30.0)
-
-    def check(self) -> None:
-        """Raises ValueError when Slurm is asked for but not reachable from here."""
-        if self.cluster == "slurm" and shutil.which("sbatch") is None:
-            raise ValueError("--backend slurm needs sbatch on PATH (run on a Slurm login node), "
-                             "or --cluster local to run the jobs on this machine")
-
-    def describe(self, points: list[Any]) -> str:
-        """One line: what will be submitted."""
-        return (f"backend slurm ({self.cluster}): a job array of {len(points)} task(s), partition "
-                f"{self.partition or '(default)'}, {self.time_min} min, {self.gpus_per_job} GPU(s) per task, "
-                f"at most {self.array_parallelism} at once; submitit logs in {self.folder}")
-
-    def run(self, tasks: list[dict[str, Any]], points: list[Any], on_done: OnDone) -> None:
-        """Submits the array and reports each task as it ends; Ctrl-C stops waiting, not the jobs."""
-        import submitit
-
-        self.check()
-        executor = submitit.AutoExecutor(folder=str(self.folder / "%j"), cluster=self.cluster)
-        options: dict[str, Any] = {"timeout_min": self.time_min, "gpus_per_node": self.gpus_per_job,
-                                   "name": "con2-sweep", "slurm_array_parallelism": self.array_parallelism}
-        if self.partition:
-            options["slurm_partition"] = self.partition
-        if self.cpus_per_job:
-            options["cpus_per_task"] = self.cpus_per_job
-        executor.update_parameters(**options)
-        jobs = executor.map_array(run_point, [{**t, "gpu": self.gpus_per_job > 0} for t in tasks])
-        print(f"con2 sweep: submitted {len(jobs)} job(s): {jobs[0].job_id.split('_')[0]}"
-              f"{' (array)' if len(jobs) > 1 else ''}", flush=True)
-        pending = dict(zip(jobs, tasks, strict=True))
-        try:
-            while pending:
-                for job in [j for j in pending if j.done()]:
-                    task = pending.pop(job)
-                    try:
-                        outcome = job.result()[1]
-                    except Exception as err:  # noqa: BLE001 - a failed job is one failed point
-                        outcome = f"job {job.job_id} failed: {(str(err).strip().splitlines() or ['?'])[-1][:300]}"
-                    on_done(task, outcome)
-                if pending:
-                    time.sleep(self.poll_s)
-        except KeyboardInterrupt:
-            ids = sorted({j.job_id.split("_")[0] for j in pending})
-            print(f"con2 sweep: stopped waiting; {len(pending)} job(s) keep running ({', '.join(ids)}; "
-                  "scancel stops them)", flush=True)
-            raise
 
 
 def _stop(procs: list[subprocess.Popen]) -> None:

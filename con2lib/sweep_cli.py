@@ -1,5 +1,6 @@
 """``con2 sweep``: the command line of sweeps; the grid is :mod:`con2lib.sweep`, the execution
-:mod:`con2lib.sweep_backends` (this module sits above both, so neither imports the other's caller)."""
+:mod:`con2lib.sweep_backends` and :mod:`con2lib.sweep_slurm` (this module sits above them, so neither imports
+the other's caller)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ def cmd_sweep(args: Any) -> int:
     """``con2 sweep``: 0 all points done, 1 some not, 2 nothing started (bad grid), 130 interrupted."""
     from con2lib import tracking
     from con2lib.runner import RunNotStarted
-    from con2lib.sweep_backends import LocalBackend, SlurmBackend, run_sweep
+    from con2lib.sweep_backends import LocalBackend, run_sweep
+    from con2lib.sweep_slurm import SlurmBackend
 
     try:
         if args.workers is not None and args.workers < 1:
@@ -36,8 +38,11 @@ def cmd_sweep(args: Any) -> int:
     if args.status or args.dry_run:
         show(sweep, plan if args.dry_run else None)
         return 0
+    from con2lib.store import brief_store_errors
+
     try:
-        return run_sweep(sweep, backend, args.experiment, args.notebook, args.rerun_running)
+        with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
+            return run_sweep(sweep, backend, args.experiment, args.notebook, args.rerun_running)
     except RunNotStarted as err:
         print(f"con2 sweep: {err}", file=sys.stderr)
         return 2

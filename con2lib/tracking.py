@@ -16,7 +16,9 @@ import os
 import re
 import socket
 import sys
+import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from mlflow.tracking import MlflowClient
 from con2lib import store
 from con2lib.config import Config
 from con2lib.paths import project_root
+from con2lib.progress import LongRunWarning, long_run_estimate
 from con2lib.run_info import run_name, source_tags
 
 TAG_PID, TAG_HOST, TAG_FAILURE = "con2.pid", "con2.host", "con2.failure"
@@ -161,7 +164,7 @@ def record_failure(run_id: str, summary: str, traceback_text: str | None = None,
         try:
             step()
         except Exception as err:  # noqa: BLE001
-            print(f"con2: could not log the {what} of failed run {run_id}: {err}", file=sys.stderr)
+            print(f"con2: could not log the {what} of failed run {run_id}: {store.one_line(err)}", file=sys.stderr)
 
 
 def describe(error: BaseException) -> str:
@@ -186,7 +189,7 @@ def fail_run_on_error(shell: Any) -> None:
             try:
                 mlflow.end_run("KILLED" if issubclass(etype, KeyboardInterrupt) else "FAILED")
             except Exception as err:  # noqa: BLE001 - the original error is the one to show
-                print(f"con2: could not end run {run.info.run_id}: {err}", file=sys.stderr)
+                print(f"con2: could not end run {run.info.run_id}: {store.one_line(err)}", file=sys.stderr)
         if not issubclass(etype, BRIEF_ERRORS):
             shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
             return
@@ -219,7 +222,8 @@ def log_figure(fig: Any, name: str) -> None:
 
 
 class EpochLogger:
-    """``fit``'s per-epoch callback: logs the epoch's metrics, each epoch once.
+    """``fit``'s per-epoch callback: logs the epoch's metrics, each epoch once; after the first epoch it
+    warns (:class:`con2lib.progress.LongRunWarning`) when training will take more than an hour.
 
     ``fit`` itself writes the training checkpoint (``checkpoint=``), after this callback: the last
     *good* state, since an epoch whose loss turned non-finite raises before either. A resumed run
@@ -230,10 +234,16 @@ class EpochLogger:
     def __init__(self, cfg: Config, run_id: str) -> None:
         self.cfg = cfg
         self.logged = max((m.step for m in MlflowClient().get_metric_history(run_id, "loss")), default=0)
+        self.started, self.trained = time.perf_counter(), 0
 
     def __call__(self, stats: Any, model: Any) -> None:
         if stats.epoch > self.logged:
             log_epoch(stats)
+        self.trained += 1
+        if self.trained == 1:  # the first epoch tells how long the rest takes: say it now if that is hours
+            text = long_run_estimate(time.perf_counter() - self.started, 1, self.cfg.epochs - stats.epoch)
+            if text:
+                warnings.warn(text, LongRunWarning, stacklevel=2)
 
 
 def _param(value: Any) -> str:
@@ -241,7 +251,12 @@ def _param(value: Any) -> str:
 
 
 def _slug(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+    """An experiment name as one folder name under the artifact root.
+
+    Dots are kept inside a name but stripped at its ends: ``..`` or ``.`` would leave the root (artifacts
+    and models beside ``mlflow.db``), ``.name`` would be hidden.
+    """
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-.") or "experiment"
 
 
 def _alive(pid: int) -> bool:

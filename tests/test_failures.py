@@ -364,13 +364,15 @@ def test_unwritable_store_is_reported_at_start(store, tmp_path, monkeypatch, cap
                         r" free disk space, fix permissions, or set MLFLOW_TRACKING_URI / CON2_RUNS_DIR", err), err
 
 
-def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize(("free", "shown"), [(50 * 2**20, "50.0"), (store.MIN_FREE_BYTES - 1, "99.9")])
+def test_low_disk_space_is_reported_at_start(fast_store, tmp_path, monkeypatch, capsys, free, shown) -> None:
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, 50 * 2**20))
+    monkeypatch.setattr(store.shutil, "disk_usage", lambda path: usage(10**12, 10**12, free))
     assert cli.main(["run", str(write_params(tmp_path))]) == 2
     err = capsys.readouterr().err.strip()
-    assert re.fullmatch(r"con2 run: the runs folder \(checkpoints\) \S+ has only 50 MB free, below the 100 MB a run "
-                        r"needs for checkpoints and artifacts; .*", err), err
+    # one byte short of the limit must not read "100 MB free, below the 100 MB" (issue 21)
+    assert re.fullmatch(rf"con2 run: the runs folder \(checkpoints\) \S+ has only {shown} MB free, below the 100 MB "
+                        r"a run needs for checkpoints and artifacts; .*", err), err
     assert all_runs() == []
 
 
@@ -400,3 +402,19 @@ def test_make_lab_starts_without_a_browser_and_as_root_when_root(tmp_path, root)
     [command] = [line for line in out.stdout.splitlines() if "jupyter lab" in line]
     assert "--no-browser" in command and "--ip 127.0.0.1" in command
     assert ("--allow-root" in command) == root
+
+
+# --- issue 21, item 15: extends chains ------------------------------------------------------------------------
+
+def test_a_long_extends_chain_and_an_extended_folder_are_one_line(fast_store, tmp_path, capsys) -> None:
+    (tmp_path / "f0.yaml").write_text("epochs: 1\n")
+    for i in range(1, 1200):  # 1,200 files: beyond Python's recursion limit (a RecursionError before)
+        (tmp_path / f"f{i}.yaml").write_text(f"extends: f{i - 1}.yaml\n")
+    assert cli.main(["run", str(tmp_path / "f1199.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"con2 run: params file \S+/f1149\.yaml: the extends chain is longer than 50 files", err), err
+    (tmp_path / "presets").mkdir()
+    (tmp_path / "folder.yaml").write_text("extends: presets\n")
+    assert cli.main(["run", str(tmp_path / "folder.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"con2 run: params file \S+/presets is a folder; name a \.yaml file in it", err), err

@@ -1,9 +1,10 @@
-"""Hostile parameters and params files (issue 16): every value that used to pass validation and fail
+"""Hostile parameters and params files (issues 16 and 21): every value that used to pass validation and fail
 later (or never) is refused before the run exists, in one line naming the parameter or the file."""
 
 from __future__ import annotations
 
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -81,3 +82,56 @@ def test_a_tiny_max_test_warns_that_the_auroc_means_little() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert len(subsample(data, 0, 20, 0).test) == 20
+
+
+# --- issue 21: integer bounds, val_fraction, YAML alias bombs ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name,top", [("eval_batch_size", 65_536), ("proj_dim", 16_384), ("batch_size", 65_536),
+                                      ("epochs", 100_000), ("tta", 1_024), ("checkpoint_every", 100_000),
+                                      ("plot_points", 100_000), ("max_train", 10**9), ("max_test", 10**9)])
+def test_integers_have_an_upper_bound(name: str, top: int) -> None:
+    # 1e20 used to train, then fail with "Overflow when unpacking long long" (or a TypeError for proj_dim)
+    with pytest.raises(ValueError, match=rf"parameter {name}=100000000000000000000 is invalid: expected an "
+                                         rf"integer <= {top:_}"):
+        Config.from_params({**TINY, name: 10**20})
+    assert getattr(Config.from_params({**TINY, name: top}), name) == top
+
+
+@pytest.mark.parametrize("fraction", [0.001, 0.04, 0.51, 0.99])
+def test_val_fraction_is_bounded_by_what_it_leaves(fraction: float) -> None:
+    # 0.001: 1 normal validation image (AUROC 100.00); 0.99: trains on one image and fails late
+    with pytest.raises(ValueError, match=rf"parameter val_fraction={fraction} is invalid: expected a number in "
+                                         r"\[0\.05, 0\.5\] \(the share of the normal training images held out"):
+        Config.from_params({**TINY, "eval_split": "validation", "val_fraction": fraction})
+    for fine in (0.05, 0.5):
+        assert Config.from_params({**TINY, "eval_split": "validation", "val_fraction": fine}).val_fraction == fine
+
+
+def _alias_bomb(levels: int) -> str:
+    """A ``context`` list whose items nest ``levels`` anchors of 9 aliases each: 9**(levels + 1) values once
+    expanded, from a few hundred bytes of YAML (the issue's had 9 levels: 2.2 GB in 20 s)."""
+    items = ['  - &l0 ["flip", "flip", "flip", "flip", "flip", "flip", "flip", "flip", "flip"]']
+    for i in range(1, levels + 1):
+        items.append(f"  - &l{i} [" + ", ".join([f"*l{i - 1}"] * 9) + "]")
+    return "context:\n" + "\n".join(items) + "\n"
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(fast_store, tmp_path: Path, capsys) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(_alias_bomb(6))  # 9**7 values: joined, 40 MB of text (kept small: the test must not eat memory)
+    started = time.monotonic()
+    assert cli.main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert time.monotonic() - started < 5
+    assert "\n" not in err and re.match(r"con2 run: params file \S+bomb\.yaml is not valid YAML: it expands to more "
+                                        r"than 10000 values \(anchors and aliases", err), err
+    # small anchors stay usable, and a nested list reaching the config is refused before it is joined or printed
+    path.write_text("base: &b [flip, invert]\ncontext: *b\n")
+    assert cli.load_params(path)["context"] == ["flip", "invert"]
+    nested = [[["flip"] * 9] * 9] * 9
+    with pytest.raises(ValueError, match=r"parameter context=\[\[\[.{,80}\.\.\. is invalid: expected a list of 1 "
+                                         r"to 7 context names"):
+        Config.from_params({**TINY, "context": nested})
+    with pytest.raises(ValueError, match=r"parameter epochs=\[\[\[.{,80}\.\.\. has type list; expected int"):
+        Config.from_params({**TINY, "epochs": nested})

@@ -231,3 +231,102 @@ def test_the_notebook_saves_checkpoint_and_model_before_figures() -> None:
 
     assert max(first("save_checkpoint("), first("log_model(")) < first("representation_space(")
     assert cells[-1].rstrip().endswith("mlflow.end_run()")
+
+
+# --- issue 21, item 11: a store locked by another process ----------------------------------------------------
+
+def test_a_store_locked_by_another_process_is_reported_naming_it(fast_store, tmp_path, monkeypatch, capsys) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from con2lib import store; "
+                               "held = store.creation_lock(sys.argv[1]); held.__enter__(); "
+                               "print('held', flush=True); time.sleep(60)",
+                               fast_store["MLFLOW_TRACKING_URI"]], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env={**fast_store, "PYTHONPATH": str(ROOT)})
+    monkeypatch.setenv("CON2_STORE_LOCK_TIMEOUT_S", "1")
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        assert cli.main(["run", str(_params(tmp_path, experiment="locked"))]) == 2
+        assert time.monotonic() - started < 30
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"con2 run: the tracking store \S+/mlflow.db is locked by process {holder.pid} on \S+ \(lock "
+                        r"file \S+/mlflow.db.lock, waited 1 s\); wait for it to finish, or stop it", err), err
+    assert _runs("locked") == []
+
+
+# --- issue 21, item 13: a run that failed on a full disk is continued ----------------------------------------
+
+@pytest.mark.parametrize(("failure", "continued"), [
+    ("OSError: [Errno 28] checkpoint /r/checkpoint.pt could not be written (No space left on device); the previous "
+     "checkpoint is kept", True),
+    ("MlflowException: (sqlite3.OperationalError) database or disk is full", True),
+    ("ValueError: data set 'folder': no usable image", False),  # an error of its own would recur: afresh
+])
+def test_a_run_that_failed_on_a_full_disk_is_continued_from_its_checkpoint(fast_store, tmp_path, capsys, failure,
+                                                                           continued) -> None:
+    experiment_id = make_experiment("full2", tmp_path)
+    params = _params(tmp_path, experiment="full2")
+    key = config_key(Config.from_params(yaml.safe_load(params.read_text())).to_dict())
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, tags={TAG_RESUME_KEY: key}).info.run_id
+    tracking.record_failure(run_id, failure)
+    client.set_terminated(run_id, "FAILED")
+    save_checkpoint(tracking.run_dir(run_id) / "checkpoint.pt", {"epoch": 4, "training": {}})
+    assert cli.main(["run", str(params), "--quiet", "--notebook", str(_sleepy_notebook(tmp_path, 0))]) == 0
+    out = capsys.readouterr().out
+    assert (f"con2 run: continuing MLflow run {run_id} from its checkpoint of epoch 4" in out) == continued, out
+    assert len(_runs("full2")) == (1 if continued else 2)
+    assert (client.get_run(run_id).info.status == "FINISHED") == continued
+
+
+# --- issue 21, item 14: experiment names never leave the artifact root ---------------------------------------
+
+@pytest.mark.parametrize(("name", "folder"), [("..", "experiment"), (".", "experiment"), ("../up", "up"),
+                                              (".hidden", "hidden"), ("a..b", "a..b")])
+def test_an_experiment_name_stays_one_folder_under_the_artifact_root(fast_store, tmp_path, name, folder) -> None:
+    from con2lib import store
+
+    experiment_id = tracking.setup(name)
+    location = store.local_artifact_folder(MlflowClient().get_experiment(experiment_id).artifact_location)
+    root = store.sqlite_artifacts(fast_store["MLFLOW_TRACKING_URI"])
+    assert location == root / folder and location.resolve().parent == root.resolve()
+
+
+# --- issue 21, item 15: a store whose disk fills, a parameter the store cannot hold ----------------------------
+
+def test_a_store_whose_disk_fills_prints_no_tracebacks(fast_store, tmp_path, monkeypatch, capsys) -> None:
+    import sqlite3
+
+    import papermill
+    import sqlalchemy
+    from sqlalchemy import event
+    from sqlalchemy.orm import Session
+
+    def refuse(session: Any, context: Any, instances: Any) -> None:  # every write from now on: SQLite's SQLITE_FULL
+        raise sqlalchemy.exc.OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    def disk_fills(*args: Any, **kwargs: Any) -> None:
+        event.listen(Session, "before_flush", refuse)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(papermill, "execute_notebook", disk_fills)
+    make_experiment("fills", tmp_path)
+    try:
+        assert cli.main(["run", str(_params(tmp_path, experiment="fills")), "--quiet"]) == 1
+    finally:
+        event.remove(Session, "before_flush", refuse)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and len(err) <= 5, "\n".join(err)
+    assert re.fullmatch(r"con2 run: FAILED: the tracking store could not record the end of MLflow run \w+ after "
+                        r"OSError: \[Errno 28\] No space left on device: MlflowException: .*database or disk is full.*",
+                        err[-1]), err
+
+
+@pytest.mark.parametrize("name", ["run_name", "experiment"])
+def test_a_parameter_the_store_cannot_hold_is_one_line_naming_it(fast_store, tmp_path, capsys, name) -> None:
+    assert cli.main(["run", str(_params(tmp_path)), "-p", name, '"x\\ud800"']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"con2 run: parameter {name}='x\\ud800' is not valid text: character '\\ud800' at position 1 "
+                   "cannot be written as UTF-8"), err

@@ -18,7 +18,7 @@ from conftest import ROOT, TINY, con2_command, make_experiment, notebook_with_ce
 from mlflow.tracking import MlflowClient
 
 from con2lib import tracking
-from con2lib.checkpoint import load_checkpoint
+from con2lib.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.train import build_model, fit, seed_everything
@@ -79,6 +79,13 @@ def test_finished_checkpoint_trains_nothing_and_other_params_are_refused(images,
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
     with pytest.raises(ValueError, match=r"written by a run with other parameters: lr=0.001 \(now 0.01\)"):
         train(cfg.replace(lr=0.01), images, 0, checkpoint=path)
+    # a checkpoint whose weights hold a NaN (loads with weights_only) is refused, not trained on
+    state = load_checkpoint(path)
+    next(iter(state["model"].values())).view(-1)[0] = float("nan")
+    save_checkpoint(path, state)
+    with pytest.raises(ValueError, match=r"checkpoint \S+checkpoint\.pt model\['\S+'\] holds 1 NaN or infinite "
+                                         r"value\(s\) of \d+: a damaged or tampered file, refused"):
+        train(cfg, images, 0, checkpoint=path)
 
 
 # --- through con2 run: SIGKILL, then the same command again --------------------------------------------

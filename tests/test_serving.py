@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import logging
 import os
 import re
 import signal
@@ -222,7 +223,9 @@ def test_model_is_logged_with_its_code_requirements_and_calibration(trained) -> 
 
 def test_model_scores_equal_the_training_runs_test_scores(trained) -> None:
     model = mlflow.pyfunc.load_model(trained.uri)
-    out = model.predict(trained.data.test.numpy())  # (T, 1, 8, 8) uint8, as the run scored them
+    # (T, 1, 8, 8) uint8, as the run scored them; object columns (None where missing): cast for numpy
+    out = model.predict(trained.data.test.numpy()).astype({"score": float, "score_nnd": float, "score_lh": float,
+                                                           "nearest_index": int, "anomaly": bool})
     expected = trained.scores
     assert len(out) == len(expected) and (out["error"] == "").all()
     np.testing.assert_allclose(out["score_nnd"], expected["score_nnd"], rtol=1e-5, atol=1e-5)
@@ -234,11 +237,11 @@ def test_model_scores_equal_the_training_runs_test_scores(trained) -> None:
     np.testing.assert_array_equal(out["anomaly"], out["score"] > threshold)
     # float images in [0, 1] (H, W) and a DataFrame of base64 PNGs are prepared to the same pixels
     floats = model.predict([img[0].float().div(255).numpy() for img in trained.data.test[:3]])
-    np.testing.assert_allclose(floats["score_nnd"], expected["score_nnd"][:3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(floats["score_nnd"].astype(float), expected["score_nnd"][:3], rtol=1e-5, atol=1e-5)
     pngs = model.predict(pd.DataFrame({"image": [_png_base64(img) for img in trained.data.test[:3]] + ["bad!"]}))
-    np.testing.assert_allclose(pngs["score_nnd"][:3], expected["score_nnd"][:3], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(pngs["score_nnd"][:3].astype(float), expected["score_nnd"][:3], rtol=1e-5, atol=1e-5)
     assert "not base64" in pngs["error"][3]
-    assert np.isnan(pngs["score"][3]) and pngs["nearest_index"][3] == -1
+    assert pngs["score"][3] is None and pngs["anomaly"][3] is None and pngs["nearest_index"][3] == -1
 
 
 def test_without_calibration_images_the_nnd_threshold_falls_back_to_leave_one_out(trained) -> None:
@@ -273,6 +276,86 @@ print(model.predict(np.zeros((2, 8, 8), np.uint8))["score"].tolist())
     assert proc.returncode == 0, proc.stderr[-3000:]
     where, scores = proc.stdout.strip().splitlines()[-2:]
     assert Path(where).is_relative_to(Path(local)) and len(json.loads(scores)) == 2
+
+
+def _strict_json(text: str | bytes) -> object:
+    """``json.loads`` as JavaScript's ``JSON.parse`` reads: the tokens NaN and Infinity are not JSON."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"{token} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def _invoke(model, body: dict) -> tuple[int, object]:
+    """The scoring server's /invocations, in process: (HTTP status, parsed JSON body)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import invocations
+
+    try:
+        response = invocations(json.dumps(body), "application/json", model, None)
+    except MlflowException as err:  # what the server's handler answers with
+        return err.get_http_status_code(), _strict_json(err.serialize_as_json())
+    return response.status, _strict_json(response.response)
+
+
+def test_served_error_rows_are_valid_json_with_null_scores(trained) -> None:
+    model = mlflow.pyfunc.load_model(trained.uri)
+    good, junk = _png_base64(trained.data.test[7]), base64.b64encode(b"not an image").decode()
+    status, body = _invoke(model, {"dataframe_split": {"columns": ["image"], "data": [[good], [junk], ["!!"]]}})
+    assert status == 200
+    ok, not_image, not_base64 = body["predictions"]
+    assert ok["error"] == "" and ok["score"] == pytest.approx(trained.scores["score_nnd"][7], rel=1e-5, abs=1e-5)
+    for row in (not_image, not_base64):
+        assert row["score"] is None and row["score_nnd"] is None and row["score_lh"] is None
+        assert row["anomaly"] is None and row["nearest_index"] == -1 and row["nearest_train"] == ""
+    assert not_image["error"] == "ValueError: not an image file (no image format recognised: PNG, JPEG, TIFF, ...)"
+    assert "not base64" in not_base64["error"]
+    # arrays smaller than the smallest accepted file are refused as files are; no object address in any text
+    status, body = _invoke(model, {"inputs": np.zeros((1, 2, 2)).tolist()})
+    assert status == 200 and body["predictions"][0]["error"] == ("ValueError: image too small (2x2 pixels; at least "
+                                                                 "8x8 needed)")
+    assert " at 0x" not in json.dumps(body)
+
+
+@pytest.mark.parametrize(("columns", "message"), [
+    (["path"], r"column 'path' is not accepted: the model opens no files .* send the image file's bytes, "
+               r"base64-encoded, in column 'image'"),
+    (["img"], r"expected a column 'image' \(base64 text of a PNG or JPEG file\), got columns \['img'\]"),
+])
+def test_served_model_opens_no_files_and_names_a_wrong_column(trained, tmp_path, columns, message) -> None:
+    model = mlflow.pyfunc.load_model(trained.uri)
+    image = tmp_path / "on-the-server.png"
+    image.write_bytes(_png(trained.data.test[0]))
+    status, body = _invoke(model, {"dataframe_split": {"columns": columns, "data": [[str(image)]]}})
+    assert status == 400 and "stack_trace" not in body
+    assert re.search(message, body["message"].splitlines()[-1]), body["message"]
+    # nor from Python: a path object is an error row, not a file opened
+    [row] = model.predict([image]).to_dict("records")
+    assert row["score"] is None and "the model opens no files" in row["error"]
+
+
+def _tampered(trained, folder: Path, change) -> Path:
+    """A copy of the logged model whose state ``change`` edited (still a valid ``weights_only`` file)."""
+    from con2lib.checkpoint import load_checkpoint, save_checkpoint
+
+    local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(folder)))
+    state = load_checkpoint(local / "artifacts" / "con2_model.pt")
+    change(state)
+    save_checkpoint(local / "artifacts" / "con2_model.pt", state)
+    return local
+
+
+@pytest.mark.parametrize(("part", "change"), [
+    ("thresholds['nnd'] is nan", lambda s: s["thresholds"].update(nnd=float("nan"))),
+    ("bank holds 1 NaN", lambda s: s["bank"].view(-1)[0].fill_(float("nan"))),
+    ("scorer", lambda s: next(iter(s["scorer"].values())).fill_(float("inf"))),
+])
+def test_a_model_with_non_finite_values_is_refused_at_load(trained, tmp_path, capsys, part, change) -> None:
+    local = _tampered(trained, tmp_path, change)
+    (tmp_path / "a.png").write_bytes(_png(trained.data.test[0]))
+    assert con2_main(["score", "--model", str(local), str(tmp_path / "a.png"), "--out", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and f"CON2 model state {part}" in err, err
 
 
 # --- con2 score and con2 register ---------------------------------------------------------------------------
@@ -332,9 +415,31 @@ def test_con2_score_fails_cleanly(trained, tmp_path, capsys) -> None:
     assert "cannot load model" in capsys.readouterr().err
 
 
+def test_con2_score_says_why_a_folder_gave_no_image(trained, tmp_path, capsys) -> None:
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "x.txt").write_text("not an image")
+    (tmp_path / "pipe").mkdir()
+    os.mkfifo(tmp_path / "pipe" / "a.png")  # read, it would block for ever: it is not read
+    out = tmp_path / "o.csv"
+    assert con2_main(["score", "--model", trained.uri, str(tmp_path / "texts"), str(tmp_path / "pipe"),
+                      "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(r"texts: folder holds no image files: x\.txt is not an image \(image files end in .*\.png", err)
+    assert re.search(r"pipe/a\.png: not a regular file", err) and "0 image(s) scored" in err
+    table = pd.read_csv(out, keep_default_na=False)
+    assert (table["nearest_index"] == -1).all() and (table["score"] == "").all()  # error rows: documented -1
+
+
 def test_register_sets_the_alias_and_the_alias_scores(trained, tmp_path, capsys) -> None:
-    assert con2_main(["register", trained.run_id, "--name", "con2-digits"]) == 0
+    records = _MlflowLog()
+    logging.getLogger("mlflow").addHandler(records)
+    try:
+        assert con2_main(["register", trained.run_id, "--name", "con2-digits"]) == 0
+    finally:
+        logging.getLogger("mlflow").removeHandler(records)
     assert "models:/con2-digits@champion" in capsys.readouterr().out
+    # MLflow 3 warns that the run "has no artifacts at artifact path 'model'" when a runs:/ URI is registered
+    assert not [m for m in records.messages if "no artifacts" in m], records.messages
     version = trained.client.get_model_version_by_alias("con2-digits", "champion")
     assert version.run_id == trained.run_id
     (tmp_path / "a.png").write_bytes(_png(trained.data.test[5]))
@@ -357,6 +462,17 @@ def test_register_sets_the_alias_and_the_alias_scores(trained, tmp_path, capsys)
     assert not trained.client.search_registered_models("name = 'con2-empty'")
 
 
+class _MlflowLog(logging.Handler):
+    """Collects the messages of MLflow's loggers (its own handler writes to the stderr of import time)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 # --- mlflow models serve ------------------------------------------------------------------------------------
 
 
@@ -375,7 +491,9 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
                                "local", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[_png_base64(trained.data.test[7])]]}})
+        junk = base64.b64encode(b"not an image").decode()  # an error row: strict JSON from the real server too
+        body = json.dumps({"dataframe_split": {"columns": ["image"],
+                                               "data": [[_png_base64(trained.data.test[7])], [junk]]}})
         deadline = time.monotonic() + SERVE_WAIT_S
         while True:
             if server.poll() is not None:
@@ -387,7 +505,7 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
                 request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body.encode(),
                                                  headers={"Content-Type": "application/json"})
                 with urllib.request.urlopen(request, timeout=30) as response:
-                    predictions = json.loads(response.read())["predictions"]
+                    predictions = _strict_json(response.read())["predictions"]
                 break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
@@ -396,7 +514,8 @@ def test_mlflow_models_serve_scores_a_posted_image(trained, tmp_path) -> None:
     finally:
         _stop(server)
         log.close()
-    [row] = predictions
+    row, bad = predictions
+    assert bad["score"] is None and bad["anomaly"] is None and bad["error"].startswith("ValueError: not an image")
     assert row["error"] == ""
     assert row["score"] == pytest.approx(trained.scores["score_nnd"][7], rel=1e-5, abs=1e-5)
     assert row["anomaly"] == (row["score"] > trained.run.data.metrics["threshold"])

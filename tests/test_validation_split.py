@@ -55,3 +55,15 @@ def test_eval_split_reaches_the_loader_and_is_refused_where_no_validation_exists
         Config.from_params({**TINY, "eval_split": "train"})
     with pytest.raises(ValueError, match=r"parameter val_fraction=1.0 is invalid"):
         Config.from_params({**TINY, "val_fraction": 1.0})
+
+
+def test_val_fraction_names_itself_when_a_tiny_class_leaves_too_few_images() -> None:
+    # within the config bounds, a class of 3 normal images still leaves 1 to train on: said now, not late
+    classes = np.repeat(np.arange(2), 3)
+    images = torch.zeros(len(classes), 1, 2, 2, dtype=torch.uint8)
+    with pytest.raises(ValueError, match=r"parameter val_fraction=0\.5 leaves 1 of the 3 normal training image\(s\) "
+                                         r"to train on; at least 2 are needed"):
+        one_class_split(images, classes, images, classes, [0], ("a", "b"), {}, 0.5)
+    with pytest.warns(UserWarning, match=r"val_fraction=0\.2 holds out 2 of the 10 normal training image\(s\) for "
+                                         r"validation: the AUROC of so few images is not meaningful"):
+        _marked_split(0.2)

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from con2lib.config import MIN_TRAIN
+
 if TYPE_CHECKING:
     from con2lib.config import Config
 
@@ -175,12 +177,25 @@ def validation_split(
     anomalies = [rng.permutation(np.flatnonzero(classes == c))[:per_class] for c in others]
     val_rows = np.sort(np.concatenate([held, *anomalies]).astype(np.int64))
     train_rows = np.setdiff1d(normal_rows, held)
+    _check_validation_counts(fraction, len(normal_rows), len(held), len(train_rows))
     info = {"eval_split": "validation (from the training split; no test image is used)",
             "val_fraction": fraction, "val_normal": len(held), "val_anomalous": len(val_rows) - len(held)}
     return train_rows, images[torch.from_numpy(val_rows)], classes[val_rows], info
 
 
 MIN_TEST_PER_KIND = 5  # fewer normal or anomalous test images: an AUROC of them says little
+
+
+def _check_validation_counts(fraction: float, n_normal: int, n_held: int, n_train: int) -> None:
+    """What ``val_fraction`` leaves of a class too small for its config bounds: an error when too few images
+    train, a warning when too few validation normals make the AUROC (as ``max_test``'s)."""
+    if n_train < MIN_TRAIN:
+        raise ValueError(f"parameter val_fraction={fraction} leaves {n_train} of the {n_normal} normal training "
+                         f"image(s) to train on; at least {MIN_TRAIN} are needed: lower val_fraction")
+    if n_held < MIN_TEST_PER_KIND:
+        warnings.warn(f"val_fraction={fraction} holds out {n_held} of the {n_normal} normal training image(s) for "
+                      f"validation: the AUROC of so few images is not meaningful (at least {MIN_TEST_PER_KIND}: "
+                      "raise val_fraction)", stacklevel=4)
 
 
 def _warn_if_tiny_test(max_test: int, counts: list[int]) -> None:

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
     from con2lib.config import Config
 
 # Bump when decoding or preprocessing changes in a way that alters pixels of existing entries.
-CACHE_VERSION = 1
+# 2: float images in [0, 1] are scaled by 255 (entries of 1 hold them as 0/1 pixels); NaN or negative ones skipped
+CACHE_VERSION = 2
 
 
 def cache_dir(cfg: Config, data_paths: Sequence[Path] = ()) -> Path:

@@ -67,9 +67,14 @@ def load_folder(cfg: Config) -> OneClassData:
     if unlisted:
         warnings.warn(f"test sub-folder(s) {', '.join(unlisted)} of {test_dir} are in neither folder_normal nor "
                       "folder_anomalous and are ignored", stacklevel=2)
-    overlap = set(train_files) & {p for files in test.values() for p in files}
+    # compared by real path: a link inside folder_train to the test folder (or to ``..``) lists test images
+    # under training names
+    test_real = {os.path.realpath(p) for files in test.values() for p in files}
+    overlap = [p for p in train_files if os.path.realpath(p) in test_real]
     if overlap:
-        warnings.warn(f"{len(overlap)} image(s) are both training and test images (e.g. {min(overlap)}); "
+        real = os.path.realpath(overlap[0])
+        link = f", a link to {real}" if real != str(overlap[0]) else ""
+        warnings.warn(f"{len(overlap)} image(s) are both training and test images (e.g. {overlap[0]}{link}); "
                       "the test score will be optimistic", stacklevel=2)
     mode = sniff_mode([*train_files, *(p for files in test.values() for p in files)])
     root = Path(os.path.commonpath([train_dir, test_dir]))

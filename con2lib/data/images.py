@@ -22,16 +22,15 @@ from pathlib import Path
 from typing import IO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from con2lib.data import cache
 # re-exported: callers import them from here; the listing lives in its own module
-from con2lib.data.listing import IMAGE_SUFFIXES, SkippedImageWarning, list_images  # noqa: F401
+from con2lib.data.listing import (IMAGE_SUFFIXES, SkippedImageWarning, check_regular_file,  # noqa: F401
+                                  list_images)
+from con2lib.data.pixels import GRAY_MODES, MIN_SIDE, check_size, convert_mode, to_uint8  # noqa: F401
 
-MIN_SIDE = 8  # smaller images carry no usable content at any image_size the models accept
-GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-_HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 _SKIPPED_SHOWN = 20  # file names listed in one warning; the full list goes to info["skipped_files"]
 
 
@@ -96,28 +95,6 @@ class Preprocess:
         return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
 
-def convert_mode(img: Image.Image, mode: str) -> Image.Image:
-    """Converts any PIL mode to ``"L"`` or ``"RGB"``, scaling 16/32-bit and float images to 8 bits.
-
-    PIL's own ``convert("L")`` clips 16-bit values at 255 (a white image), hence the explicit scaling:
-    values that fit 8 bits stay, 16-bit ranges are divided by 257, larger ones are scaled by their maximum.
-    Alpha channels are dropped (as torchvision's loader does); palette images go through RGBA so
-    their transparency does not trigger PIL warnings.
-    """
-    if img.mode in _HIGH_DEPTH:
-        a = np.asarray(img).astype(np.float64)
-        top = float(a.max()) if a.size else 0.0
-        scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / top
-        img = Image.fromarray(np.clip(np.round(a * scale), 0, 255).astype(np.uint8))
-    elif img.mode in ("P", "PA"):
-        img = img.convert("RGBA")
-    if img.mode != mode:
-        if mode == "L" and img.mode not in GRAY_MODES | {"RGB", "RGBA"}:
-            img = img.convert("RGB")  # e.g. CMYK, YCbCr: through RGB, which every mode converts to
-        img = img.convert(mode)
-    return img
-
-
 def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:
     """``"L"`` if an evenly spaced sample of the files (headers only) is all grayscale, else ``"RGB"``."""
     step = max(1, len(files) // sample)
@@ -133,10 +110,14 @@ def sniff_mode(files: Sequence[Path], sample: int = 64) -> str:
 
 def decode_file(path: Path | IO[bytes], prep: Preprocess) -> np.ndarray:
     """Decodes and preprocesses one file (path or open binary file); raises on any unreadable or too small image."""
-    with Image.open(path) as img:
-        w, h = img.size
-        if min(w, h) < MIN_SIDE:
-            raise ValueError(f"image too small ({w}x{h} pixels; at least {MIN_SIDE}x{MIN_SIDE} needed)")
+    if isinstance(path, (str, os.PathLike)):
+        check_regular_file(path)  # a FIFO named x.png would block the decoding thread for ever
+    try:
+        opened = Image.open(path)
+    except UnidentifiedImageError:  # PIL's message names the file object ("<_io.BytesIO object at 0x...>")
+        raise ValueError("not an image file (no image format recognised: PNG, JPEG, TIFF, ...)") from None
+    with opened as img:
+        check_size(*img.size)
         # JPEG: let libjpeg decode at a reduced scale that still covers the output (much faster for
         # large photos); target "L" from a colour JPEG skips decoding the chroma channels.
         need = round(prep.size * prep.crop_ratio) if prep.resize == "crop" else prep.size
@@ -152,14 +133,16 @@ def prepare_image(image: str | os.PathLike[str] | bytes | np.ndarray, prep: Prep
 
     Args:
         image: a file path, encoded file bytes (PNG, JPEG, ...), or pixels (H, W), (H, W, C) or (C, H, W),
-            C in 1, 3, 4: uint8, float in [0, 1], or wider integers (scaled as :func:`convert_mode`).
+            C in 1, 3, 4: uint8, float in [0, 1], or wider integers (scaled as files are: :func:`to_uint8`),
+            at least :data:`MIN_SIDE` pixels on a side.
             An array already (``prep.channels``, size, size) is what a data set holds: returned as it is.
 
     Returns:
         uint8 (C, size, size).
 
     Raises:
-        ValueError, OSError: undecodable bytes or file, an unusable array shape, a file under MIN_SIDE pixels.
+        ValueError, OSError: undecodable bytes or file, an unusable array shape or pixel range, an image under
+            MIN_SIDE pixels.
     """
     if isinstance(image, (bytes, bytearray, memoryview)):
         return decode_file(io.BytesIO(bytes(image)), prep)
@@ -169,19 +152,14 @@ def prepare_image(image: str | os.PathLike[str] | bytes | np.ndarray, prep: Prep
     if arr.dtype != np.uint8:
         if arr.dtype.kind not in "biuf":
             raise ValueError(f"expected numeric image pixels, got dtype {arr.dtype}")
-        x = np.nan_to_num(arr.astype(np.float64))
-        top = float(x.max()) if x.size else 0.0
-        if arr.dtype.kind in "bf" and top <= 1:
-            scale = 255.0  # [0, 1], as torchvision's ToTensor makes images
-        else:  # as convert_mode scales 16/32-bit images
-            scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / top
-        arr = np.clip(np.round(x * scale), 0, 255).astype(np.uint8)
+        arr = to_uint8(arr, arr.dtype.kind in "bf")  # the rules of image files (convert_mode)
     if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
         arr = arr.transpose(1, 2, 0)  # (C, H, W) -> PIL's (H, W, C)
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
         raise ValueError(f"expected an image array (H, W), (H, W, C) or (C, H, W), got shape {np.shape(image)}")
+    check_size(arr.shape[1], arr.shape[0])  # refused as a file of that size is
     chw = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if chw.shape == (prep.channels, prep.size, prep.size):
         return np.ascontiguousarray(chw)

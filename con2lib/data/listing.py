@@ -11,8 +11,11 @@ A sub-folder that cannot be read is reported like an unreadable image file (a
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from pathlib import Path
+
+from con2lib.paths import under_system_dir
 
 IMAGE_SUFFIXES = frozenset(
     {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
@@ -45,7 +48,9 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
         kept = []
         for name in sorted(d for d in dirnames if not d.startswith(".") and d != "__MACOSX"):
             real = os.path.realpath(os.path.join(dirpath, name))
-            if real not in walked:  # os.walk is top-down: ancestors and earlier folders are all in ``walked``
+            if under_system_dir(real):  # a link to /proc/self: its root/ is the whole machine
+                unreadable.append(f"{os.path.join(dirpath, name)}: links to {real}, a kernel file system")
+            elif real not in walked:  # os.walk is top-down: ancestors and earlier folders are all in ``walked``
                 walked.add(real)
                 kept.append(name)
         dirnames[:] = kept
@@ -55,6 +60,13 @@ def list_images(folder: Path, strict: bool = False) -> list[Path]:
                 files.setdefault(os.path.realpath(path), path)
     _report_folders(unreadable, folder, strict)
     return sorted(files.values())
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> None:
+    """Raises ValueError for a FIFO, socket or device with an image's name: opening a FIFO waits for a writer
+    for ever, a device reads without end. OSError as ``os.stat`` raises it (a dangling link: not found)."""
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        raise ValueError("not a regular file (a FIFO, socket or device): not opened")
 
 
 def _report_folders(unreadable: list[str], folder: Path, strict: bool) -> None:
