@@ -125,7 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="cpu", help="params/presets/<name>.yaml")
     parser.add_argument("--classes", nargs="+", type=int, default=list(range(10)))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--contexts", nargs="+", default=["invert", "flip"])
+    parser.add_argument("--contexts", nargs="+", default=["auto"],
+                        help="contexts to cross (default: the preset's auto, chosen per class from its training images)")
     parser.add_argument("--split", choices=("test", "validation"), default="test",
                         help="score the test split (reporting) or a validation split carved from the training "
                              "split (choosing: the test split is not used)")

@@ -45,6 +45,9 @@ def row(path: str, cfg: Config, run: Any | None) -> str:
     what = f"`{path}` ({cfg.dataset}, class {cfg.normal_class}, {cfg.context}, {cfg.epochs} epochs, seed {cfg.seed})"
     if run is None:
         return f"| {what} | no run yet: `con2 run {path}` | | | | | | |"
+    resolved = run.data.params.get("context_resolved")  # context auto: what the check chose for this run
+    if resolved:
+        what = what.replace(f", {cfg.context},", f", {cfg.context} -> {resolved},")
     m = run.data.metrics
 
     def pair(a: str, b: str) -> str:

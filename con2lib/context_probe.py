@@ -68,6 +68,32 @@ def separability(features_x: np.ndarray, features_xc: np.ndarray) -> float:
     return float(np.mean(aurocs))
 
 
+def nn_embedding(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C * 16 * 16): the image at 16x16, mean-centred and of unit length, so that a dot
+    product is the cosine similarity S_NND uses (here of the centred pixels: their correlation)."""
+    z = resize(x, PROBE_SIZE).flatten(1)
+    return F.normalize(z - z.mean(1, keepdim=True), dim=1)
+
+
+def novelty(bank: torch.Tensor, held_out: torch.Tensor, copies: torch.Tensor) -> float:
+    """Assumption 1 (eq. 9) as a nearest-neighbour score sees it: do copies look like normal images?
+
+    Args:
+        bank: (M, D) :func:`nn_embedding` of normal images (one context).
+        held_out: (N, D) other images of that context; copies: (N, D) the same images in another context.
+
+    Returns:
+        AUROC of the copies (1) against the held-out images (0), each scored by its cosine distance to
+        the nearest image of the bank: 1 = no copy is as close to a normal image as a normal image is;
+        0.5 = the copies look like normal images (a digit 8 upside down is an 8).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    scores = 1 - torch.cat([held_out, copies]) @ bank.T
+    labels = np.repeat([0, 1], [len(held_out), len(copies)])
+    return float(roc_auc_score(labels, scores.min(1).values.double().numpy()))
+
+
 def random_net(channels: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
     """Seeded He-initialised 3x3 conv layers (weights, bias, stride): a fixed, untrained feature space."""
     g = torch.Generator().manual_seed(seed)
@@ -132,5 +158,5 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-__all__ = ["EMBED_SIZE", "embed", "global_features", "pair_distances", "probe_features", "random_net", "resize",
-           "separability", "spearman", "standardise"]
+__all__ = ["EMBED_SIZE", "embed", "global_features", "nn_embedding", "novelty", "pair_distances", "probe_features",
+           "random_net", "resize", "separability", "spearman", "standardise"]

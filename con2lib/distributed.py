@@ -155,6 +155,12 @@ class Group:
         every = _AllGather.apply(joined)
         return tuple(every.split([p.shape[1] for p in parts], dim=1))
 
+    def sum(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` summed over the ranks, without a gradient (per-step statistics of the whole batch)."""
+        x = x.detach().clone()
+        dist.all_reduce(x)
+        return x
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every rank (small objects: configs, training states)."""
         box = [value if self.rank == 0 else None]

@@ -12,6 +12,7 @@ context term's signal collapses early.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -28,7 +29,8 @@ class ContextSolvedWarning(UserWarning):
     """L_context stopped putting a gradient on the encoder early in training: the context teaches nothing more."""
 
 
-def term_gradients(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> torch.Tensor:
+def term_gradients(features: torch.Tensor, terms: tuple[torch.Tensor, ...],
+                   reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The learning signal each loss term puts on the encoder.
 
     For a term L (a mean over the V views) and the encoder's features H (V, F): the root mean square
@@ -41,19 +43,25 @@ def term_gradients(features: torch.Tensor, terms: tuple[torch.Tensor, ...]) -> t
         features: (V, F) encoder features of the step's views, part of the graph of ``terms``.
         terms: scalar loss terms; one that does not depend on ``features`` (L_context of the SimCLR
             baseline) gives 0.
+        reduce: under DDP, a sum over the ranks (:meth:`con2lib.distributed.Group.sum`): ``features``
+            are then this rank's views, and the result is that of the whole batch.
 
     Returns:
         (len(terms),) float32 gradient sizes, detached, on the features' device.
     """
-    sizes = []
+    parts = []
     for term in terms:
-        if not term.requires_grad:
-            sizes.append(features.new_zeros((), dtype=torch.float32))
-            continue
-        (grad,) = torch.autograd.grad(term, features, retain_graph=True, allow_unused=True)
-        sizes.append(features.new_zeros((), dtype=torch.float32) if grad is None
-                     else grad.float().norm() * len(features) ** 0.5)
-    return torch.stack(sizes).detach()
+        grad = torch.autograd.grad(term, features, retain_graph=True, allow_unused=True)[0] \
+            if term.requires_grad else None
+        parts.append(features.new_zeros((), dtype=torch.float32) if grad is None else grad.float().pow(2).sum())
+    parts += [features.new_tensor(float(len(features)), dtype=torch.float32), features.new_ones((), dtype=torch.float32)]
+    sums = torch.stack(parts).detach()
+    if reduce is not None:
+        sums = reduce(sums)
+    # under DDP every rank's loss is the whole batch's, and the differentiable all-gather sums the ranks'
+    # gradients (DDP's mean makes it right for the weights): each rank's dL/dH is ranks times too large
+    views, ranks = sums[-2], sums[-1]
+    return (sums[:-2] * views).sqrt() / ranks
 
 
 def context_solved(cfg: Config, history: list[Any], epochs: int) -> Any | None:

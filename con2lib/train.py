@@ -281,8 +281,8 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
             zeros when False).
 
     Returns:
-        (5,) detached [total, L_context, L_content, grad_context, grad_content] on the device; under
-        DDP the gradients are those of this rank's views.
+        (5,) detached [total, L_context, L_content, grad_context, grad_content] on the device (under
+        DDP, of the whole batch: the gradient sizes are summed over the ranks, one small collective).
     """
     cuda = views.device.type == "cuda"
     if group is not None:
@@ -298,7 +298,8 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
     if group is not None and cfg.loss != "con2":
         # DDP waits for a gradient of every parameter: the head this loss ignores gets zeros (exactly)
         total = total + 0.0 * (z_context.sum() + z_content.sum())
-    grads = term_gradients(h, (l_context, l_content)) if measure else total.new_zeros(2)
+    grads = term_gradients(h, (l_context, l_content), group.sum if group is not None else None) if measure \
+        else total.new_zeros(2)
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()

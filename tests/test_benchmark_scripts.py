@@ -144,7 +144,7 @@ def test_readme_results_come_from_the_store(fast_store, tmp_path) -> None:
     logged = {k: ",".join(map(str, v)) if isinstance(v, list) else str(v) for k, v in cfg.to_dict().items()}
     for epochs, nnd in ((cfg.epochs, 0.9071), (3, 0.5)):  # a run with -p epochs 3 is not the quickstart
         run = client.create_run(experiment, tags={TAG_MACHINE: "Test CPU, 2 cores"})
-        for key, value in {**logged, "epochs": str(epochs)}.items():
+        for key, value in {**logged, "epochs": str(epochs), "context_resolved": "rot90"}.items():
             client.log_param(run.info.run_id, key, value)
         for key, value in {"auroc_nnd": nnd, "auroc_lh": 0.925, "auroc_nnd_notta": 0.847, "auroc_lh_notta": 0.886,
                            "auroc_ssd": 0.926}.items():
@@ -153,6 +153,7 @@ def test_readme_results_come_from_the_store(fast_store, tmp_path) -> None:
     table = readme_results.results_table(client)
     [quick, fashion] = table.splitlines()[2:]
     assert "| 90.7 / 92.5 | 84.7 / 88.6 | 92.6 |" in quick and "| Test CPU, 2 cores |" in quick
+    assert "(digits, class 8, auto -> rot90, 40 epochs, seed 0)" in quick  # what context: auto chose
     assert re.search(r"\| \d{4}-\d\d-\d\d \|$", quick)
     assert "no run yet: `con2 run params/fashionmnist.yaml`" in fashion
     readme = tmp_path / "README.md"

@@ -15,7 +15,9 @@ from torchvision.transforms import functional as F_v1
 from con2lib.augment import context_augment
 from con2lib.augment.context import CONTEXT_AUGMENTATIONS, equalize
 from con2lib.config import CONTEXTS, Config
-from con2lib.contexts import CANDIDATES, COLUMNS, HFLIP_REASON, ROTATIONS, SHAPE_PASS, check, recommend, resolve_context
+from con2lib import context_probe
+from con2lib.contexts import (CANDIDATES, COLUMNS, HFLIP_REASON, NOVEL_PASS, ROTATIONS, SHAPE_PASS, check, recommend,
+                              resolve_context)
 
 N, S = 200, 16  # synthetic images: enough for a stable held-out AUROC, about a second per check
 
@@ -209,7 +211,22 @@ def test_a_list_of_contexts_is_judged_by_its_weakest_pair() -> None:
     assert table.loc["rot180", "distinct"] < 0.2
     assert table.loc[ROTATIONS, "distinct"] == pytest.approx(table.loc["rot180", "distinct"], abs=0.05)
     assert table.loc[ROTATIONS, "shape"] < SHAPE_PASS <= table.loc["rot90", "shape"]
+    assert table.loc[ROTATIONS, "novel_auroc"] < NOVEL_PASS <= table.loc["rot90", "novel_auroc"]
     assert recommend(table.reset_index()) == "rot90"
+
+
+def test_novelty_asks_whether_copies_look_like_normal_images() -> None:
+    """Assumption 1 as a nearest-neighbour score sees it, on closed-form cases."""
+    x = context_probe.nn_embedding(gradient_images()[:40].float() / 255)
+    bank, held_out = x[:20], x[20:]
+    assert context_probe.novelty(bank, held_out, held_out) == pytest.approx(0.5)  # copies that are normal images
+    assert context_probe.novelty(bank, held_out, -held_out) == 1.0  # the negated centred image: farther than any
+    # images upside down or not at random: an upside-down copy is as close to the normal images as they are
+    images = gradient_images()
+    upside_down = torch.rand(N, generator=torch.Generator().manual_seed(1)) < 0.5
+    mixed = torch.where(upside_down.view(-1, 1, 1, 1), images.flip(-2), images)
+    assert abs(check(mixed, ("flip",), content_hflip=0.0).iloc[0]["novel_auroc"] - 0.5) < 0.1
+    assert check(images, ("flip",), content_hflip=0.0).iloc[0]["novel_auroc"] > NOVEL_PASS
 
 
 # --- the notebook ------------------------------------------------------------------------------------
@@ -228,7 +245,7 @@ def test_notebook_runs_the_check_and_logs_it(fast_store, tmp_path) -> None:
     papermill.execute_notebook(str(ROOT / "notebooks" / "contexts.ipynb"), str(out), cwd=str(ROOT),
                                kernel_name="python3", progress_bar=False,
                                parameters={"dataset": "digits", "normal_class": 3, "image_size": 8,
-                                           "candidates": "invert,flip,permute", "max_images": 40,
+                                           "candidates": ["invert", "flip", "permute", ROTATIONS], "max_images": 40,
                                            "experiment": "context-check"})
     nb = json.loads(out.read_text())
     outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])]
@@ -242,6 +259,7 @@ def test_notebook_runs_the_check_and_logs_it(fast_store, tmp_path) -> None:
     assert run.data.params["check.dataset"] == "digits" and run.data.params["check.max_images"] == "40"
     assert {f"{p}_{n}" for p in ("distinct", "aligned") for n in ("invert", "flip", "permute")} <= set(run.data.metrics)
     assert run.data.metrics["distinct_permute"] == 0.0
+    assert {"shape_rot90-rot180-rot270", "novel_auroc_rot90-rot180-rot270", "intensity_invert"} <= set(run.data.metrics)
     files = {a.path for a in client.list_artifacts(run.info.run_id, "contexts")}
     assert files == {"contexts/ranking.csv", "contexts/ranking.html"}
     figures = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
