@@ -75,23 +75,27 @@ def nn_embedding(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(z - z.mean(1, keepdim=True), dim=1)
 
 
-def novelty(bank: torch.Tensor, held_out: torch.Tensor, copies: torch.Tensor) -> float:
+def novelty(originals: torch.Tensor, copies: torch.Tensor) -> float:
     """Assumption 1 (eq. 9) as a nearest-neighbour score sees it: do copies look like normal images?
 
+    Leave one out: image i and its copy are each scored by their cosine distance to the nearest of the
+    *other* normal images (every image but i), so that all images serve as bank and as queries.
+
     Args:
-        bank: (M, D) :func:`nn_embedding` of normal images (one context).
-        held_out: (N, D) other images of that context; copies: (N, D) the same images in another context.
+        originals: (N, D) :func:`nn_embedding` of normal images (one context); copies: (N, D) the same
+            images in another context, in the same order.
 
     Returns:
-        AUROC of the copies (1) against the held-out images (0), each scored by its cosine distance to
-        the nearest image of the bank: 1 = no copy is as close to a normal image as a normal image is;
-        0.5 = the copies look like normal images (a digit 8 upside down is an 8).
+        AUROC of the copies (1) against the originals (0): 1 = no copy is as close to a normal image as
+        a normal image is; 0.5 = the copies look like normal images (a digit 8 upside down is an 8).
     """
     from sklearn.metrics import roc_auc_score
 
-    scores = 1 - torch.cat([held_out, copies]) @ bank.T
-    labels = np.repeat([0, 1], [len(held_out), len(copies)])
-    return float(roc_auc_score(labels, scores.min(1).values.double().numpy()))
+    others = ~torch.eye(len(originals), dtype=torch.bool)
+    similar = torch.stack([originals @ originals.T, copies @ originals.T]).masked_fill(~others, -2.0)
+    scores = 1 - similar.max(2).values.flatten()  # [originals, copies]
+    labels = np.repeat([0, 1], len(originals))
+    return float(roc_auc_score(labels, scores.double().numpy()))
 
 
 def random_net(channels: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
