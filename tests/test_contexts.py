@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import papermill
 import pytest
 import torch
@@ -256,7 +257,8 @@ def test_notebook_runs_the_check_and_logs_it(fast_store, tmp_path) -> None:
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags["con2.context_check"] == "true" and run.info.status == "FINISHED"
-    assert run.data.params["recommended"] in ("invert", "flip") and "dataset" not in run.data.params
+    # distinct through shape (invert is distinct through intensity only, permute not at all on grayscale)
+    assert run.data.params["recommended"] in ("flip", ROTATIONS) and "dataset" not in run.data.params
     assert run.data.params["check.dataset"] == "digits" and run.data.params["check.max_images"] == "40"
     assert {f"{p}_{n}" for p in ("distinct", "aligned") for n in ("invert", "flip", "permute")} <= set(run.data.metrics)
     assert run.data.metrics["distinct_permute"] == 0.0
@@ -267,3 +269,5 @@ def test_notebook_runs_the_check_and_logs_it(fast_store, tmp_path) -> None:
     assert figures == {"figures/candidates.html", "figures/context_scores.html"}
     ranking = client.download_artifacts(run.info.run_id, "contexts/ranking.csv", str(tmp_path))
     assert open(ranking).readline().strip() == ",".join(COLUMNS)
+    first = pd.read_csv(ranking).iloc[0]
+    assert first["candidate"] == run.data.params["recommended"] and first["rank"] == 1
