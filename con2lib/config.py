@@ -253,7 +253,7 @@ class Config:
     def with_context(self, context: str) -> Config:
         """This config training ``context`` (``auto`` resolved), its ``tta`` rounded up to a multiple of the
         new number of scored contexts: 8 views stay 8 for two or four contexts, 2 become 4 for three copies."""
-        k = (1 if self.loss == "simclr" else len(context.split(",")) + 1)
+        k = self.replace(context=context, tta=0).scored_contexts  # tta 0 is valid for any number of contexts
         return self.replace(context=context, tta=-(-self.tta // k) * k)
 
     def replace(self, **changes: Any) -> Config:

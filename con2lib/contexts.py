@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 ROTATIONS = "rot90,rot180,rot270"  # three contexts (four with the original): GEOM's and CSI's rotation classes
 CANDIDATES = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", ROTATIONS)
-COLUMNS = ("candidate", "rank", "contexts", "score", "shape", "novel_auroc", "distinct", "distinct_auroc", "intensity",
+COLUMNS = ("candidate", "rank", "teaches", "contexts", "score", "shape", "novel_auroc", "distinct", "distinct_auroc", "intensity",
            "intensity_auroc", "aligned", "aligned_pixel", "reason")
 NOT_DISTINCT = 0.2  # distinct score below which a candidate is labelled "not distinct" (AUROC within 0.4..0.6)
 SHAPE_PASS = 0.5  # shape score a context (every pair of a list) needs to rank among those that teach
@@ -119,9 +119,9 @@ def check(images: torch.Tensor, candidates: Sequence[str] = CANDIDATES, max_imag
     table["score"] = (table["shape"] * (2 * table["novel_auroc"] - 1).clip(lower=0)
                       * table["aligned"].fillna(0).clip(lower=0))
     fallback = table["distinct"] * table["aligned"].fillna(0).clip(lower=0)
-    teaches = (table["shape"] >= SHAPE_PASS) & (table["novel_auroc"] >= NOVEL_PASS)
-    key = pd.DataFrame({"teaches": teaches, "k": table["contexts"].where(teaches, 0),
-                        "value": table["score"].where(teaches, fallback)})
+    table["teaches"] = (table["shape"] >= SHAPE_PASS) & (table["novel_auroc"] >= NOVEL_PASS)
+    key = pd.DataFrame({"teaches": table["teaches"], "k": table["contexts"].where(table["teaches"], 0),
+                        "value": table["score"].where(table["teaches"], fallback)})
     order = key.sort_values(["teaches", "k", "value"], ascending=False, kind="stable").index
     table = table.loc[order].reset_index(drop=True)
     table["rank"] = np.arange(1, len(table) + 1)
@@ -139,6 +139,8 @@ class _Measures:
         self.d_pixel = probe.pair_distances(small.flatten(1))
         self.d_feat = probe.pair_distances(probe.standardise(probe.embed(self.net, small)))
         self.features: dict[str, tuple[np.ndarray, np.ndarray, torch.Tensor]] = {}
+        self.pairs: dict[tuple[str, str], tuple[float, float, float]] = {}  # a list repeats its single contexts'
+        self.aligned: dict[str, tuple[float, float]] = {}
 
     def _features(self, name: str) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
         """(probe features, global statistics, nearest-neighbour embedding) under context ``name`` ("": x)."""
@@ -152,9 +154,20 @@ class _Measures:
     def _pair(self, a: str, b: str) -> tuple[float, float, float]:
         """Context a against b: held-out AUROC of the full probe, of the global-statistics probe, and the
         nearest-neighbour novelty of b's images among a's."""
-        (fa, ga, ea), (fb, gb, eb) = self._features(a), self._features(b)
-        novel = probe.novelty(ea, eb)
-        return probe.separability(fa, fb), probe.separability(ga, gb), novel
+        if (a, b) not in self.pairs:
+            (fa, ga, ea), (fb, gb, eb) = self._features(a), self._features(b)
+            self.pairs[a, b] = probe.separability(fa, fb), probe.separability(ga, gb), probe.novelty(ea, eb)
+        return self.pairs[a, b]
+
+    def _aligned(self, name: str, xc: torch.Tensor) -> tuple[float, float]:
+        """Spearman rho of pair distances, originals against context ``name``'s copies ``xc``: random
+        features, pixels."""
+        if name not in self.aligned:
+            small = probe.resize(xc, probe.EMBED_SIZE)
+            self.aligned[name] = (
+                probe.spearman(self.d_feat, probe.pair_distances(probe.standardise(probe.embed(self.net, small)))),
+                probe.spearman(self.d_pixel, probe.pair_distances(small.flatten(1))))
+        return self.aligned[name]
 
     def candidate(self, name: str, contexts: list[str]) -> dict[str, object]:
         """One row of the table: the weakest pair of ``["", *contexts]`` decides."""
@@ -168,12 +181,8 @@ class _Measures:
             return {**row, "distinct": 0.0, "distinct_auroc": 0.5, "intensity": 0.0, "intensity_auroc": 0.5,
                     "shape": 0.0, "novel_auroc": 0.5, "aligned": 1.0, "aligned_pixel": 1.0,
                     "reason": f"not distinct: {what}"}
-        aligned = [probe.spearman(self.d_feat, probe.pair_distances(probe.standardise(
-            probe.embed(self.net, probe.resize(xc, probe.EMBED_SIZE))))) for xc in xcs]
-        aligned_pixel = [probe.spearman(self.d_pixel, probe.pair_distances(probe.resize(xc, probe.EMBED_SIZE).flatten(1)))
-                         for xc in xcs]
-        row |= {"aligned": float(np.nanmin(aligned)) if not np.isnan(aligned).all() else float("nan"),
-                "aligned_pixel": float(np.nanmin(aligned_pixel)) if not np.isnan(aligned_pixel).all() else float("nan")}
+        aligned, aligned_pixel = zip(*(self._aligned(c, xc) for c, xc in zip(contexts, xcs, strict=True)))
+        row |= {"aligned": _weakest(aligned), "aligned_pixel": _weakest(aligned_pixel)}
         if "hflip" in contexts and self.content_hflip == 0.5:
             # exact, nothing to estimate: randomly flipped x and randomly flipped hflip(x) are one distribution
             return {**row, "distinct": 0.0, "distinct_auroc": 0.5, "intensity": 0.0, "intensity_auroc": 0.5,
@@ -193,8 +202,9 @@ class _Measures:
 def recommend(table: pd.DataFrame) -> str:
     """The top-ranked candidate of a :func:`check` table (what ``context: auto`` trains).
 
-    Warns when it is not distinct through shape: its context task will be solved at the first layer
-    (intensity only), or it is not distinct at all.
+    Warns when it does not teach (column ``teaches``): it is distinct through intensity only (its
+    context task is solved at the first layer), its copies look like normal images, or it is not
+    distinct at all.
 
     Raises:
         ValueError: an empty table.
@@ -202,8 +212,9 @@ def recommend(table: pd.DataFrame) -> str:
     if table.empty:
         raise ValueError("no candidates in the context ranking: nothing to recommend")
     best = table.sort_values("rank", kind="stable").iloc[0]
-    if not best["shape"] >= SHAPE_PASS:
-        warnings.warn(f"no context candidate is distinct through shape on these images; {best['candidate']!r} is only "
+    if not best["teaches"]:
+        warnings.warn(f"no context candidate is distinct through shape, with copies unlike normal images, on these "
+                      f"images; {best['candidate']!r} is only "
                       f"the least bad ({best['reason']}): expect its context task to teach the encoder little "
                       "(docs/contexts.md)", stacklevel=2)
     return str(best["candidate"])
@@ -246,6 +257,11 @@ def _random_hflip(x: torch.Tensor, p: float, generator: torch.Generator) -> torc
     """Each (N, C, H, W) image flipped left-right with probability p, as the content augmentations do."""
     flip = (torch.rand(len(x), generator=generator) < p).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(-1), x)
+
+
+def _weakest(values: tuple[float, ...]) -> float:
+    """The lowest correlation of a list's contexts; NaN only when none is measurable (constant distances)."""
+    return float("nan") if np.isnan(values).all() else float(np.nanmin(values))
 
 
 def _reason(row: dict[str, object]) -> str:

@@ -195,6 +195,7 @@ def test_rotating_oriented_shapes_is_distinct_through_shape() -> None:
         assert table.loc[name, "intensity_auroc"] == pytest.approx(0.5)  # a rotation keeps every global statistic
         assert table.loc[name, "shape"] > 0.9 and table.loc[name, "reason"].startswith("distinct through shape")
     assert table.loc[ROTATIONS, "contexts"] == 3 and table.loc[ROTATIONS, "rank"] == 1  # more contexts first
+    assert table.loc[ROTATIONS, "teaches"] and table.loc["rot90", "teaches"] and not table.loc["invert", "teaches"]
     assert table.loc["invert", "rank"] == 3
 
 
@@ -204,6 +205,16 @@ def test_rotating_discs_is_not_distinct_and_auto_falls_back_to_invert() -> None:
         assert table.loc[name, "distinct"] < 0.2 and table.loc[name, "reason"].startswith("not distinct")
     with pytest.warns(UserWarning, match="no context candidate is distinct through shape"):
         assert recommend(table.reset_index()) == "invert"
+
+
+def test_copies_that_look_normal_do_not_teach_however_distinct(monkeypatch) -> None:
+    """The novelty gate: distinct through shape is not enough when a nearest neighbour finds the copies normal."""
+    monkeypatch.setattr(context_probe, "novelty", lambda originals, copies: 0.6)
+    table = check(bars(centred=False), ("rot90", ROTATIONS), content_hflip=0.0).set_index("candidate")
+    assert (table["shape"] > 0.9).all() and (table["novel_auroc"] == 0.6).all()
+    assert not table["teaches"].any() and (table["score"] < 0.25).all()  # 2 * 0.6 - 1 = 0.2 of the score
+    with pytest.warns(UserWarning, match="no context candidate is distinct through shape, with copies unlike normal"):
+        recommend(table.reset_index())
 
 
 def test_a_list_of_contexts_is_judged_by_its_weakest_pair() -> None:
