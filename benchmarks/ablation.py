@@ -29,20 +29,20 @@ from typing import Any
 
 import yaml
 
-from con2lib.calibration import split_calibration
+from con2lib.serving.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import evaluate
+from con2lib.method.evaluate import evaluate
 from con2lib.paths import resolve
 from con2lib.paramfiles import load_params
-from con2lib.train import build_model, fit, seed_everything, select_device
+from con2lib.method.train import build_model, fit, seed_everything, select_device
 
 
 def run_once(cfg: Config) -> dict[str, float]:
     """Trains and scores one configuration as ``con2 run`` does; AUROCs in [0, 1] (``untrained``: S_NND of
     the encoder before training, scored the same way), the seconds taken, and
     ``signal``: the context term's gradient on the encoder in the last epoch over the first epoch's
-    (:mod:`con2lib.learning_signal`; near 0 when the context task is solved and teaches nothing more)."""
+    (:mod:`con2lib.method.learning_signal`; near 0 when the context task is solved and teaches nothing more)."""
     start = time.perf_counter()
     seed_everything(cfg.seed)
     device = select_device(cfg.device)

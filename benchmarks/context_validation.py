@@ -1,4 +1,4 @@
-"""Does the context check (con2lib.contexts.check) predict which context augmentation trains best?
+"""Does the context check (con2lib.analysis.contexts.check) predict which context augmentation trains best?
 
     python -m benchmarks.context_validation --dataset digits --classes 0 1 2 3 4 5 6 7 8 9 \\
         --candidates invert flip equalize rot90 hflip \\
@@ -34,7 +34,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.ablation import run_once
 from con2lib.config import Config
-from con2lib.contexts import check, recommend
+from con2lib.analysis.contexts import check, recommend
 from con2lib.data import load_dataset
 
 

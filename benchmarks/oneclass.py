@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 
-from con2lib.baselines import pixel_knn_scores
-from con2lib.calibration import split_calibration
+from con2lib.analysis.baselines import pixel_knn_scores
+from con2lib.serving.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import auroc
+from con2lib.method.evaluate import auroc
 from con2lib.paths import project_root
 
 # Published one-class Fashion-MNIST mean AUROC (official split): GEOM (Golan & El-Yaniv 2018),
@@ -55,7 +55,7 @@ def write_grid(args: argparse.Namespace, overrides: dict[str, Any]) -> Path:
     """The benchmark as a ``con2 sweep`` grid file: the preset, crossed with classes, contexts and seeds."""
     import yaml
 
-    from con2lib.tracking import runs_root
+    from con2lib.runs.tracking import runs_root
 
     suffix = "".join(f"-{k}={v}" for k, v in sorted(overrides.items()))
     grid = {"base": str(project_root() / "params" / "presets" / f"{args.preset}.yaml"),
@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from con2lib import sweep as sw
-    from con2lib import tracking
-    from con2lib.runner import RunNotStarted
-    from con2lib.sweep_backends import LocalBackend, run_sweep
+    from con2lib.sweeps import grid as sw
+    from con2lib.runs import tracking
+    from con2lib.runs.runner import RunNotStarted
+    from con2lib.sweeps.backends import LocalBackend, run_sweep
 
     overrides = {**({"eval_split": "validation"} if args.split == "validation" else {}),
                  **{k: yaml.safe_load(v) for k, v in args.p}}

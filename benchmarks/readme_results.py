@@ -19,7 +19,7 @@ from typing import Any
 from con2lib.config import Config
 from con2lib.paramfiles import load_params
 from con2lib.paths import project_root
-from con2lib.run_info import TAG_MACHINE
+from con2lib.runs.run_info import TAG_MACHINE
 
 PARAMS_FILES = ("params/quickstart.yaml", "params/fashionmnist.yaml")
 START, END = "<!-- results:start (benchmarks/readme_results.py) -->", "<!-- results:end -->"
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """Prints the table, or writes it into ``--write``'s file between the markers."""
     from mlflow.tracking import MlflowClient
 
-    from con2lib import tracking
+    from con2lib.runs import tracking
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--write", type=Path, help="markdown file to update (e.g. README.md)")

@@ -4,7 +4,7 @@
 
 For each bank size n (D = 512 features, T queries) it times
 
-* S_NND, ``con2lib.scores.nnd_score`` (exact, blocked; float16 bank on CUDA as in ``evaluate``),
+* S_NND, ``con2lib.method.scores.nnd_score`` (exact, blocked; float16 bank on CUDA as in ``evaluate``),
   against ``sklearn.neighbors.NearestNeighbors(metric="cosine", algorithm="brute")`` (fit + kneighbors);
 * S_LH, ``GaussianScorer(0.1)`` fit + score, against the same shrunk Gaussian with numpy
   (normalise, ``np.cov``) and ``scipy.stats.multivariate_normal(...).logpdf``.
@@ -68,8 +68,8 @@ def _features(n: int, t: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _methods(device: torch.device) -> dict[str, tuple[Any, Any]]:
     """name -> (prepare(train, test) -> inputs where the method keeps them, run(*inputs) -> (T,) numpy scores)."""
-    from con2lib.evaluate import nnd_bank
-    from con2lib.scores import GaussianScorer, nnd_score
+    from con2lib.method.evaluate import nnd_bank
+    from con2lib.method.scores import GaussianScorer, nnd_score
 
     def on_device(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.from_numpy(train).to(device), torch.from_numpy(test).to(device)  # no copy on CPU

@@ -21,13 +21,13 @@ import tempfile
 
 import torch
 
-from con2lib.calibration import split_calibration
-from con2lib.checkpoint import load_checkpoint
+from con2lib.serving.calibration import split_calibration
+from con2lib.method.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import auroc, extract_features, tta_views
-from con2lib.scores import GaussianScorer, nnd_score_views
-from con2lib.train import build_model
+from con2lib.method.evaluate import auroc, extract_features, tta_views
+from con2lib.method.scores import GaussianScorer, nnd_score_views
+from con2lib.method.train import build_model
 
 
 def shrinkage_aurocs(cfg: Config, state: dict, values: list[float]) -> tuple[float, list[float]]:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from con2lib import tracking
+    from con2lib.runs import tracking
 
     client = MlflowClient(tracking.tracking_uri())
     exp = client.get_experiment_by_name(args.experiment)

@@ -11,7 +11,7 @@ all three alike), for
     transforms per sample in DataLoader workers (one per CPU core), 4 views per image;
 (c) the same step on ready tensors (the upper bound for any pipeline);
 (d) (c) without measuring the learning signal (``train_step(measure=False)``): d/c - 1 is the cost of
-    the per-step ``grad_context`` / ``grad_content`` of :mod:`con2lib.learning_signal`;
+    the per-step ``grad_context`` / ``grad_content`` of :mod:`con2lib.method.learning_signal`;
 
 then the ratios a/c and a/b (medians of the per-round ratios), the content augmentation alone
 against kornia.augmentation (if installed), and the model's FLOP/s (FlopCounterMode, forward +
@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from con2lib import train
+from con2lib.method import train
 from con2lib.config import Config
 
 # realistic model sizes per (device, image size): width, stem, images per step (4 views each)

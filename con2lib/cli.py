@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 from con2lib.paramfiles import load_params
-from con2lib.serving import add_commands as add_serving_commands
-from con2lib.sweep_cli import add_commands as add_sweep_commands
+from con2lib.serving.commands import add_commands as add_serving_commands
+from con2lib.sweeps.commands import add_commands as add_sweep_commands
 
 __all__ = ["build_parser", "load_params", "main"]
 
@@ -26,20 +26,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         0 when the run finished; 2 when it did not start (bad parameter, unwritable store: one line
         on stderr, no MLflow run created); 1 when it failed; 130 when it was interrupted.
     """
-    from con2lib.runner import RunNotStarted, execute_run
+    from con2lib.runs.runner import RunNotStarted, execute_run
 
     try:
         params = load_params(args.params, args.p)
     except ValueError as err:
         print(f"con2 run: {err}", file=sys.stderr)
         return 2
-    from con2lib import distributed
+    from con2lib.method import distributed
 
     if distributed.is_worker():  # a torchrun rank > 0: trains alongside rank 0's run (docs/sweeps.md, Multi-GPU)
-        from con2lib.ddp_worker import worker_main
+        from con2lib.runs.ddp_worker import worker_main
 
         return worker_main(str(params.get("device", "auto")))
-    from con2lib.store import brief_store_errors
+    from con2lib.runs.store import brief_store_errors
 
     try:
         with brief_store_errors():  # a full disk is one line, not MLflow's traceback per call
@@ -57,11 +57,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     """Serves the MLflow UI for the project's store on 127.0.0.1 (use --host to expose it).
 
     Prints the link of each experiment con2 created (the latest ten) that opens its runs table with the
-    AUROC columns: MLflow's own first page of an experiment is an empty GenAI overview (con2lib.mlflow_ui).
+    AUROC columns: MLflow's own first page of an experiment is an empty GenAI overview (con2lib.runs.mlflow_ui).
     """
-    from con2lib import tracking
-    from con2lib.mlflow_ui import ui_command, ui_url
-    from con2lib.store import KIND_TAG, KIND_TRAINING
+    from con2lib.runs import tracking
+    from con2lib.runs.mlflow_ui import ui_command, ui_url
+    from con2lib.runs.store import KIND_TAG, KIND_TRAINING
 
     uri, base = tracking.tracking_uri(), f"http://{args.host}:{args.port}"
     print(f"MLflow UI on {base} for {uri}")

@@ -18,7 +18,7 @@ from typing import Any
 
 from con2lib.paths import SYSTEM_DIRS, resolve, under_system_dir
 
-CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.contexts
+CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.analysis.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 # Values of the dataset parameter; con2lib.data.DATASETS maps each to its loader (kept here so the

@@ -1,6 +1,6 @@
 """Params files: YAML mappings of parameter: value, with ``extends:`` chains and ``-p key value`` overrides.
 
-Read by ``con2 run`` and by every point of a sweep grid (:mod:`con2lib.sweep`).
+Read by ``con2 run`` and by every point of a sweep grid (:mod:`con2lib.sweeps.grid`).
 """
 
 from __future__ import annotations

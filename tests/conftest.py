@@ -98,7 +98,7 @@ def module_store(tmp_path_factory: pytest.TempPathFactory, _migrated_db: Path) -
 
 
 # Tiny runs train on all max_train=32 images (2 steps per epoch, which tests/test_failures.py counts on):
-# no held-out calibration images (the threshold then falls back to leave-one-out S_NND; con2lib/calibration.py).
+# no held-out calibration images (the threshold then falls back to leave-one-out S_NND; con2lib/serving/calibration.py).
 TINY["calibration_fraction"] = 0.0
 
 

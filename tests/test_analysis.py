@@ -22,14 +22,14 @@ from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import mahalanobis
 from sklearn.cluster import KMeans
 
-from con2lib import analysis
-from con2lib.baselines import SSDScorer
-from con2lib.calibration import split_calibration
+from con2lib.analysis import compare
+from con2lib.analysis.baselines import SSDScorer
+from con2lib.serving.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import evaluate
-from con2lib.pyfunc_model import ScoringModel, log_model, preprocess_for
-from con2lib.train import build_model, fit, seed_everything
+from con2lib.method.evaluate import evaluate
+from con2lib.serving.pyfunc_model import ScoringModel, log_model, preprocess_for
+from con2lib.method.train import build_model, fit, seed_everything
 
 CLASS_NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Pullover"}
 # (normal class, context, seed, loss): class 1 / flip lacks seed 1, class 2 / flip was never run
@@ -94,27 +94,27 @@ def direct(metric: str, cls: int, context: str) -> tuple[float, float, int]:
 
 
 def test_load_runs_flattens_finished_runs_only(runs_store) -> None:
-    runs = analysis.load_runs(["fashionmnist"])
+    runs = compare.load_runs(["fashionmnist"])
     assert len(runs) == len(RUNS)  # the FAILED run is excluded
-    assert list(runs.columns[:10]) == list(analysis.ID_COLUMNS)
+    assert list(runs.columns[:10]) == list(compare.ID_COLUMNS)
     assert runs["seed"].dtype == "Int64" and set(runs["normal_class"]) == {"0", "1", "2"}
     assert "loss_last" in runs and (runs["loss_last"] == 1.5).all()  # the per-epoch metric named like the param
     seeds = runs[(runs["normal_class"] == "0") & (runs["context"] == "invert") & (runs["loss"] == "con2")]
     assert seeds["config"].nunique() == 1 and '"epochs": "2"' in seeds["config"].iloc[0]  # seed not in it
     no_ssd = runs[(runs["normal_class"] == "1") & (runs["context"] == "invert") & (runs["seed"] == 1)]
     assert no_ssd["auroc_ssd"].isna().all() and runs["auroc_ssd"].notna().sum() == len(RUNS) - 1
-    assert len(analysis.load_runs("fashionmnist", "params.context = 'flip'")) == 3
-    assert len(analysis.load_runs(None)) == len(RUNS)
+    assert len(compare.load_runs("fashionmnist", "params.context = 'flip'")) == 3
+    assert len(compare.load_runs(None)) == len(RUNS)
     with pytest.warns(UserWarning, match="no experiment named"):
-        empty = analysis.load_runs("nope,also_nope")
-    assert empty.empty and list(empty.columns) == [*analysis.ID_COLUMNS, "config"]
+        empty = compare.load_runs("nope,also_nope")
+    assert empty.empty and list(empty.columns) == [*compare.ID_COLUMNS, "config"]
 
 
 def test_pivot_table_matches_direct_statistics(runs_store) -> None:
-    runs = analysis.load_runs("fashionmnist")
+    runs = compare.load_runs("fashionmnist")
     con2 = runs[runs["loss"] == "con2"]
     for metric in ("auroc_nnd", "auroc_ssd"):
-        table = analysis.pivot_table(con2, metric=metric, column_values=["invert", "flip", "equalize"])
+        table = compare.pivot_table(con2, metric=metric, column_values=["invert", "flip", "equalize"])
         for cls in (0, 1):
             for context in ("invert", "flip"):
                 mean, std, n = direct(metric, cls, context)
@@ -124,45 +124,45 @@ def test_pivot_table_matches_direct_statistics(runs_store) -> None:
                 assert cell[("std", context)] == pytest.approx(std, nan_ok=True)
         assert np.isnan(table.loc[("fashionmnist", "2"), ("mean", "flip")])  # never run: a gap
         assert table[("mean", "equalize")].isna().all()
-    ssd = analysis.pivot_table(con2, metric="auroc_ssd")
+    ssd = compare.pivot_table(con2, metric="auroc_ssd")
     assert ssd.loc[("fashionmnist", "1"), ("n", "invert")] == 1  # the run without auroc_ssd is a gap
-    both = analysis.pivot_table(con2, rows=("dataset",), metric=["auroc_nnd", "auroc_lh"])
+    both = compare.pivot_table(con2, rows=("dataset",), metric=["auroc_nnd", "auroc_lh"])
     assert list(both["mean"].columns) == [("invert", "auroc_nnd"), ("invert", "auroc_lh"),
                                           ("flip", "auroc_nnd"), ("flip", "auroc_lh")]
-    assert analysis.pivot_table(con2, metric="auroc_missing").empty
-    assert analysis.format_pivot(analysis.pivot_table(con2, metric="auroc_missing")).empty
+    assert compare.pivot_table(con2, metric="auroc_missing").empty
+    assert compare.format_pivot(compare.pivot_table(con2, metric="auroc_missing")).empty
 
 
 def test_format_and_style_mark_the_best_cell_and_leave_gaps(runs_store) -> None:
-    runs = analysis.load_runs("fashionmnist")
-    table = analysis.pivot_table(runs[runs["loss"] == "con2"])
-    text = analysis.format_pivot(table)
+    runs = compare.load_runs("fashionmnist")
+    table = compare.pivot_table(runs[runs["loss"] == "con2"])
+    text = compare.format_pivot(table)
     mean, std, _ = direct("auroc_nnd", 0, "flip")
     assert text.loc[("fashionmnist", "0"), "flip"] == f"{mean:.1f} ± {std:.1f} (2)*"
     assert text.loc[("fashionmnist", "0"), "invert"].endswith("(2)")
     assert re.fullmatch(r"\d+\.\d \(1\)\*", text.loc[("fashionmnist", "1"), "flip"])  # one seed: no std
     assert text.loc[("fashionmnist", "2"), "flip"] == ""
-    html = analysis.style_pivot(table, caption="AUROC").to_html()
+    html = compare.style_pivot(table, caption="AUROC").to_html()
     bold = set(re.findall(r"row(\d+)_col(\d+)", html.split("</style>")[0]))  # cells under the bold rule
     assert bold == {("0", "1"), ("1", "1"), ("2", "0")}  # flip, flip, and invert (the only run of class 2)
     assert "±" in html and "<caption>AUROC</caption>" in html
 
 
 def test_summaries_tta_and_methods(runs_store) -> None:
-    runs = analysis.load_runs("fashionmnist")
-    summary = analysis.summarise(runs, ["auroc_nnd", "auroc_lh", "auroc_ssd"], ["dataset", "loss"],
+    runs = compare.load_runs("fashionmnist")
+    summary = compare.summarise(runs, ["auroc_nnd", "auroc_lh", "auroc_ssd"], ["dataset", "loss"],
                                  pool_over=["normal_class", "context"])
     row = summary[(summary["loss"] == "con2") & (summary["score"] == "auroc_ssd")].iloc[0]
     assert row["runs"] == 7 and row["n"] == 2
-    tta = analysis.tta_effect(runs[runs["loss"] == "con2"], pool_over=["normal_class", "context"])
+    tta = compare.tta_effect(runs[runs["loss"] == "con2"], pool_over=["normal_class", "context"])
     assert set(tta["tta"]) == {"with TTA", "without TTA"} and set(tta["score"]) == {"auroc_nnd", "auroc_lh"}
     gap = tta.set_index(["score", "tta"])["mean"]
     assert gap[("auroc_nnd", "with TTA")] - gap[("auroc_nnd", "without TTA")] == pytest.approx(1.0)
-    assert analysis.tta_effect(runs.drop(columns=["auroc_nnd_notta", "auroc_lh_notta"])).empty
-    methods = analysis.method_runs(runs)
+    assert compare.tta_effect(runs.drop(columns=["auroc_nnd_notta", "auroc_lh_notta"])).empty
+    methods = compare.method_runs(runs)
     assert {"CON2 (invert) + S_NND", "CON2 (flip) + S_LH", "SimCLR + S_NND", "SSD"} <= set(methods["method"])
     assert methods.loc[methods["method"] == "SSD", "auroc"].item() == pytest.approx(nnd(0, "invert", 0, "simclr") - 0.1)
-    assert analysis.missing_variants(runs, "loss", ("con2", "context_only", "simclr")) == ["context_only"]
+    assert compare.missing_variants(runs, "loss", ("con2", "context_only", "simclr")) == ["context_only"]
 
 
 def test_runs_that_differ_in_more_than_the_seed_are_shown_apart(runs_store) -> None:
@@ -170,15 +170,15 @@ def test_runs_that_differ_in_more_than_the_seed_are_shown_apart(runs_store) -> N
     experiment_id = client.get_experiment_by_name("fashionmnist").experiment_id
     log_run(client, experiment_id, (0, "invert", 0, "con2"), {"auroc_nnd": 0.99}, epochs=40)
     log_run(client, experiment_id, (2, "invert", 0, "con2"), metrics_of((2, "invert", 0, "con2")))  # seed 0 again
-    con2 = analysis.load_runs("fashionmnist").query("loss == 'con2'")
-    text = analysis.format_pivot(analysis.pivot_table(con2))
+    con2 = compare.load_runs("fashionmnist").query("loss == 'con2'")
+    text = compare.format_pivot(compare.pivot_table(con2))
     mean, std, _ = direct("auroc_nnd", 0, "invert")
     assert text.loc[("fashionmnist [epochs=2]", "0"), "invert"] == f"{mean:.1f} ± {std:.1f} (2)"
     assert set(text.index.get_level_values(0)) == {"fashionmnist [epochs=2]", "fashionmnist [epochs=40]"}
     assert text.loc[("fashionmnist [epochs=40]", "0"), "invert"] == "99.0 (1)*"
     assert text.loc[("fashionmnist [epochs=2]", "2"), "invert"] == f"{100 * nnd(2, 'invert', 0, 'con2'):.1f} ± 0.0 (2)*"
     # a mean over classes pools the classes, never the 40-epoch run
-    by_dataset = analysis.pivot_table(con2, rows=("dataset",), pool_over=["normal_class"])
+    by_dataset = compare.pivot_table(con2, rows=("dataset",), pool_over=["normal_class"])
     assert by_dataset.loc["fashionmnist [epochs=40]", ("runs", "invert")] == 1
     assert by_dataset.loc["fashionmnist [epochs=2]", ("runs", "invert")] == 6
 
@@ -256,7 +256,7 @@ def test_notebooks_compare_explore_efficiency(runs_store, tmp_path) -> None:
     assert "no runs with loss=context_only yet" in text and "no runs with loss=content_only yet" in text
     client = MlflowClient()
     [report] = client.search_runs([client.get_experiment_by_name("reports").experiment_id])
-    assert report.data.tags[analysis.REPORT_TAG] == "true" and report.data.params["n_runs"] == str(len(RUNS))
+    assert report.data.tags[compare.REPORT_TAG] == "true" and report.data.params["n_runs"] == str(len(RUNS))
     tables = {a.path for a in client.list_artifacts(report.info.run_id, "tables")}
     assert {"tables/auroc_by_class.csv", "tables/auroc_by_class.html", "tables/auroc_by_class_stats.csv",
             "tables/auroc_by_dataset.csv", "tables/methods.csv", "tables/runs.csv"} <= tables
@@ -283,7 +283,7 @@ def test_notebooks_compare_explore_efficiency(runs_store, tmp_path) -> None:
 
 
 def test_time_scores_reports_both_sweeps_and_memory() -> None:
-    t = analysis.time_scores([1, 64], d=8, batches=[1, 4], batch_size=4, device="cpu", n_fixed=32, repeats=1)
+    t = compare.time_scores([1, 64], d=8, batches=[1, 4], batch_size=4, device="cpu", n_fixed=32, repeats=1)
     assert len(t) == 8 and set(t["sweep"]) == {"n", "batches"} and set(t["score"]) == {"S_NND", "S_LH"}
     lh_n1 = t[(t["score"] == "S_LH") & (t["n"] == 1)]
     assert lh_n1["total_s"].isna().all()  # one feature has no covariance
@@ -340,10 +340,10 @@ def test_silhouette_of_context_clusters() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(300, 16, generator=gen) * 0.05 + torch.eye(16)[0]
     xc = torch.randn(300, 16, generator=gen) * 0.05 + torch.eye(16)[1]
-    assert analysis.silhouette_context(x, xc) > 0.9
-    assert analysis.silhouette_context(x, x) < 0.05  # every point has a twin in the other "cluster"
+    assert compare.silhouette_context(x, xc) > 0.9
+    assert compare.silhouette_context(x, x) < 0.05  # every point has a twin in the other "cluster"
     big = torch.randn(5000, 16, generator=gen)
-    assert analysis.silhouette_context(big, big + 3 * torch.eye(16)[2], max_points=500) > 0
+    assert compare.silhouette_context(big, big + 3 * torch.eye(16)[2], max_points=500) > 0
 
 
 def test_context_misalignment_is_relative_to_training_images() -> None:
@@ -351,7 +351,7 @@ def test_context_misalignment_is_relative_to_training_images() -> None:
     rotate = torch.roll(torch.eye(8), 1, dims=0)
     train = torch.stack([base, base + 0.1 * base @ rotate])
     test = torch.stack([base[:3], torch.stack([base[0], -base[1], base[2] + 0.1 * base[2] @ rotate])])
-    ratio = analysis.context_misalignment(train, test)
+    ratio = compare.context_misalignment(train, test)
     typical = (1 - F.cosine_similarity(train[0], train[1])).median()
     assert ratio[0] == pytest.approx(0.0, abs=1e-3) and ratio[1] == pytest.approx(2 / typical.item(), rel=1e-5)
     own = 1 - F.cosine_similarity(test[0, 2], test[1, 2], dim=0)
@@ -359,5 +359,5 @@ def test_context_misalignment_is_relative_to_training_images() -> None:
 
 
 def test_as_list_accepts_papermill_strings() -> None:
-    assert analysis.as_list("a, b,") == ["a", "b"] and analysis.as_list(["x"]) == ["x"]
-    assert analysis.as_list("") == [] and analysis.as_list(None) == []
+    assert compare.as_list("a, b,") == ["a", "b"] and compare.as_list(["x"]) == ["x"]
+    assert compare.as_list("") == [] and compare.as_list(None) == []

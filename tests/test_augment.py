@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms import functional as F_v1
 
-from con2lib.augment import ContentAugment, context_augment, normalize
+from con2lib.method.augment import ContentAugment, context_augment, normalize
 
 
 def uint8_batch(b: int = 4, c: int = 3, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:

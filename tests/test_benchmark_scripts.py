@@ -10,7 +10,7 @@ from conftest import TINY, make_experiment
 
 from benchmarks.oneclass import pixel_knn_auroc, table, write_grid
 from con2lib.config import Config
-from con2lib.sweep import load_sweep
+from con2lib.sweeps.grid import load_sweep
 
 
 def test_the_grid_is_the_preset_crossed_with_contexts_classes_and_seeds(tmp_path, monkeypatch) -> None:
@@ -30,7 +30,7 @@ def test_pixel_knn_uses_the_split_the_run_scores() -> None:
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
-    from con2lib.calibration import split_calibration
+    from con2lib.serving.calibration import split_calibration
     from con2lib.data import load_dataset
 
     params = {**TINY, "max_train": 0, "calibration_fraction": 0.2}
@@ -72,10 +72,10 @@ def test_validation_points_go_to_their_own_experiment(tmp_path, monkeypatch) -> 
 def test_every_run_logs_the_pixel_baseline_of_its_own_split() -> None:
     import torch
 
-    from con2lib.calibration import split_calibration
+    from con2lib.serving.calibration import split_calibration
     from con2lib.data import load_dataset
-    from con2lib.evaluate import evaluate
-    from con2lib.train import build_model
+    from con2lib.method.evaluate import evaluate
+    from con2lib.method.train import build_model
 
     params = {**TINY, "eval_split": "validation", "max_train": 0, "max_test": 0}
     cfg = Config.from_params(params)
@@ -118,8 +118,8 @@ def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
 def test_pixel_baseline_in_blocks_equals_one_block(monkeypatch) -> None:
     import torch
 
-    import con2lib.baselines as baselines
-    from con2lib.scores import nnd_score
+    import con2lib.analysis.baselines as baselines
+    from con2lib.method.scores import nnd_score
 
     gen = torch.Generator().manual_seed(0)
     train = torch.randint(0, 256, (300, 1, 8, 8), dtype=torch.uint8, generator=gen)
@@ -135,7 +135,7 @@ def test_readme_results_come_from_the_store(fast_store, tmp_path) -> None:
     from benchmarks import readme_results
     from con2lib.paramfiles import load_params
     from con2lib.paths import project_root
-    from con2lib.run_info import TAG_MACHINE
+    from con2lib.runs.run_info import TAG_MACHINE
 
     params = load_params(project_root() / "params" / "quickstart.yaml")
     cfg = Config.from_params(params)

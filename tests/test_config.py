@@ -65,7 +65,7 @@ def test_every_shipped_params_file_is_valid() -> None:
 
 def test_every_point_of_every_shipped_sweep_is_a_valid_config() -> None:
     from con2lib.paths import project_root
-    from con2lib.sweep import load_sweep
+    from con2lib.sweeps.grid import load_sweep
 
     grids = sorted((project_root() / "params" / "sweeps").glob("*.yaml"))
     assert any(p.stem == "figure9" for p in grids)

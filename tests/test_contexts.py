@@ -13,11 +13,11 @@ from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from torchvision.transforms import functional as F_v1
 
-from con2lib.augment import context_augment
-from con2lib.augment.context import CONTEXT_AUGMENTATIONS, equalize
+from con2lib.method.augment import context_augment
+from con2lib.method.augment.context import CONTEXT_AUGMENTATIONS, equalize
 from con2lib.config import CONTEXTS, Config
-from con2lib import context_probe
-from con2lib.contexts import (CANDIDATES, COLUMNS, HFLIP_REASON, NOVEL_PASS, ROTATIONS, SHAPE_PASS, check, recommend,
+from con2lib.analysis import context_probe
+from con2lib.analysis.contexts import (CANDIDATES, COLUMNS, HFLIP_REASON, NOVEL_PASS, ROTATIONS, SHAPE_PASS, check, recommend,
                               resolve_context)
 
 N, S = 200, 16  # synthetic images: enough for a stable held-out AUROC, about a second per check

@@ -20,11 +20,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's TINY also when run by torchrun
 from conftest import ROOT, TINY  # noqa: E402
 
-from con2lib.augment import ContentAugment  # noqa: E402
+from con2lib.method.augment import ContentAugment  # noqa: E402
 from con2lib.config import Config  # noqa: E402
-from con2lib.evaluate import auroc, nnd_bank  # noqa: E402
-from con2lib.scores import GaussianScorer, nnd_score_views  # noqa: E402
-from con2lib.train import build_model, content_augment_for, make_optimizer, make_views, prepare_model, train_step  # noqa: E402
+from con2lib.method.evaluate import auroc, nnd_bank  # noqa: E402
+from con2lib.method.scores import GaussianScorer, nnd_score_views  # noqa: E402
+from con2lib.method.train import build_model, content_augment_for, make_optimizer, make_views, prepare_model, train_step  # noqa: E402
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh)")]
@@ -138,7 +138,7 @@ def _torchrun_worker(out: Path) -> None:
     """One rank: the single-process step on all views, then this rank's DDP step with SyncBatchNorm."""
     import torch.distributed as dist
 
-    from con2lib import distributed
+    from con2lib.method import distributed
 
     dist.init_process_group("gloo")  # both ranks on cuda:0; join() then uses this group
     rank = dist.get_rank()

@@ -3,7 +3,7 @@
 One ``con2 sweep --workers 2`` over a grid of one params file per data set (its ``data_root``,
 ``normal_class``, folders) on a tiny config: papermill kernel start-up dominates, so a single sweep
 with two workers is much cheaper than sixteen ``con2 run`` calls. Each point is the code path of
-``con2 run`` (``con2lib.runner.execute_run``). The fixtures are written in the layout a user
+``con2 run`` (``con2lib.runs.runner.execute_run``). The fixtures are written in the layout a user
 downloads (``tests/fixtures_data.py``; MNIST's IDX files and CIFAR-10's pickles below).
 
 CIFAR-10 goes through torchvision, which checks each file's md5 against the official archive's; the
@@ -29,7 +29,7 @@ from conftest import ROOT, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
 from con2lib.data import DATASETS
-from con2lib.sweep import TAG_POINT
+from con2lib.sweeps.grid import TAG_POINT
 
 try:
     from tests import fixtures_data as fx

@@ -1,4 +1,4 @@
-"""Multi-process training (con2lib.distributed) on CPU with gloo: 2 processes compute the single-process loss
+"""Multi-process training (con2lib.method.distributed) on CPU with gloo: 2 processes compute the single-process loss
 and gradients of the whole batch, and a short fit() ends with the same weights on both ranks."""
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from conftest import TINY
 
-from con2lib import ddp_worker, distributed
+from con2lib.runs import ddp_worker
+from con2lib.method import distributed
 from con2lib.config import Config
-from con2lib.train import build_model, content_augment_for, fit, make_views, train_step
+from con2lib.method.train import build_model, content_augment_for, fit, make_views, train_step
 
 WORLD = 2
 

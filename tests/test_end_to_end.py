@@ -14,11 +14,11 @@ from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
 import con2lib
-from con2lib.checkpoint import load_checkpoint
+from con2lib.method.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import evaluate
-from con2lib.train import build_model, fit, seed_everything
+from con2lib.method.evaluate import evaluate
+from con2lib.method.train import build_model, fit, seed_everything
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:

@@ -26,8 +26,10 @@ import yaml
 from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib import checkpoint, cli, store, tracking
-from con2lib.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.method import checkpoint
+from con2lib import cli
+from con2lib.runs import store, tracking
+from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 
 
@@ -162,9 +164,9 @@ def test_data_errors_are_one_line_and_the_run_ends_failed(notebook, tmp_path, ca
 @pytest.mark.parametrize("raised,status", [(RuntimeError, "FAILED"), (KeyboardInterrupt, "KILLED")])
 def test_exception_mid_epoch_ends_run_with_traceback_and_last_checkpoint(notebook, tmp_path, monkeypatch, raised,
                                                                          status) -> None:
-    import con2lib.train
+    import con2lib.method.train
 
-    objective, calls = con2lib.train._objective, []
+    objective, calls = con2lib.method.train._objective, []
 
     def failing_objective(*args: Any, **kwargs: Any) -> Any:
         calls.append(1)
@@ -172,7 +174,7 @@ def test_exception_mid_epoch_ends_run_with_traceback_and_last_checkpoint(noteboo
             raise raised("injected failure at epoch 2")
         return objective(*args, **kwargs)
 
-    monkeypatch.setattr(con2lib.train, "_objective", failing_objective)
+    monkeypatch.setattr(con2lib.method.train, "_objective", failing_objective)
     make_experiment("mid", tmp_path)
     error = notebook({**TINY, "experiment": "mid", "epochs": 3, "checkpoint_every": 1}, until="fit(")
     assert isinstance(error, raised)
@@ -191,7 +193,7 @@ def test_exception_mid_epoch_ends_run_with_traceback_and_last_checkpoint(noteboo
 # --- during a run, through con2 run ------------------------------------------------------------------
 
 NAN_FROM_EPOCH_3 = """
-import con2lib.train as _train
+import con2lib.method.train as _train
 _objective, _calls = _train._objective, []
 def _nan_from_step_5(*args, **kwargs):
     _calls.append(1)

@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from con2lib.figure_html import figure_html
+from con2lib.runs.figure_html import figure_html
 
 
 def parts(page: str) -> tuple[str, str, str]:

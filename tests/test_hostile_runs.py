@@ -25,10 +25,11 @@ from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from con2lib import cli, run_files, tracking
-from con2lib.checkpoint import config_key, save_checkpoint
+from con2lib import cli
+from con2lib.runs import run_files, tracking
+from con2lib.method.checkpoint import config_key, save_checkpoint
 from con2lib.config import Config
-from con2lib.resume import TAG_RESUME_KEY, reopen
+from con2lib.runs.resume import TAG_RESUME_KEY, reopen
 
 
 def _params(tmp_path: Path, **params: Any) -> Path:
@@ -80,7 +81,7 @@ def test_the_same_interrupted_run_started_twice_is_continued_once(fast_store, tm
 
 def test_a_claim_is_given_up_with_its_process(tmp_path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from con2lib.run_files import Claim; Claim(Path(sys.argv[1])); print('held', "
+                               "from con2lib.runs.run_files import Claim; Claim(Path(sys.argv[1])); print('held', "
                                "flush=True); time.sleep(60)", str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
                               text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -286,7 +287,7 @@ def test_a_run_that_failed_on_a_full_disk_is_continued_from_its_checkpoint(fast_
 @pytest.mark.parametrize(("name", "folder"), [("..", "experiment"), (".", "experiment"), ("../up", "up"),
                                               (".hidden", "hidden"), ("a..b", "a..b")])
 def test_an_experiment_name_stays_one_folder_under_the_artifact_root(fast_store, tmp_path, name, folder) -> None:
-    from con2lib import store
+    from con2lib.runs import store
 
     experiment_id = tracking.setup(name)
     location = store.local_artifact_folder(MlflowClient().get_experiment(experiment_id).artifact_location)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from con2lib.losses import con2_loss, supcon_loss
+from con2lib.method.losses import con2_loss, supcon_loss
 
 
 def ell(z: torch.Tensor, a: int, b: int, tau: float) -> float:

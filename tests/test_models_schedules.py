@@ -4,9 +4,9 @@ import pytest
 import torch
 import torchvision
 
-from con2lib.checkpoint import load_checkpoint, save_checkpoint
-from con2lib.models import Con2Model, ResNet18Encoder, resolve_stem
-from con2lib.schedules import cosine_lr, linear_alpha
+from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.method.models import Con2Model, ResNet18Encoder, resolve_stem
+from con2lib.method.schedules import cosine_lr, linear_alpha
 
 
 def test_full_width_imagenet_stem_matches_torchvision_resnet18() -> None:

@@ -6,13 +6,13 @@ import pytest
 import torch
 from conftest import TINY
 
-from con2lib.augment import context_augment, normalize
+from con2lib.method.augment import context_augment, normalize
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import evaluate, tta_views
-from con2lib.losses import con2_loss, supcon_loss
-from con2lib.metrics import run_diagnostics
-from con2lib.train import build_model, content_augment_for, fit, make_views, seed_everything
+from con2lib.method.evaluate import evaluate, tta_views
+from con2lib.method.losses import con2_loss, supcon_loss
+from con2lib.analysis.metrics import run_diagnostics
+from con2lib.method.train import build_model, content_augment_for, fit, make_views, seed_everything
 
 
 def test_a_yaml_list_becomes_one_flat_parameter() -> None:

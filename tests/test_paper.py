@@ -1,13 +1,13 @@
-"""The paper files run the paper's protocol (con2lib.paper.PROTOCOL), and docs/paper.md's table is current."""
+"""The paper files run the paper's protocol (con2lib.analysis.paper.PROTOCOL), and docs/paper.md's table is current."""
 
 from __future__ import annotations
 
 import pytest
 
-from con2lib import paper
+from con2lib.analysis import paper
 from con2lib.config import Config
 from con2lib.paths import project_root
-from con2lib.sweep import load_sweep
+from con2lib.sweeps.grid import load_sweep
 
 
 def test_every_paper_params_file_resolves_to_the_papers_values() -> None:
@@ -49,4 +49,4 @@ def test_mismatches_names_a_broken_value() -> None:
 
 def test_docs_paper_table_is_current() -> None:
     path = project_root() / "docs" / "paper.md"
-    assert paper.render(path.read_text()) == path.read_text(), "run: python -m con2lib.paper"
+    assert paper.render(path.read_text()) == path.read_text(), "run: python -m con2lib.analysis.paper"

@@ -10,14 +10,14 @@ from conftest import TINY
 from scipy.stats import multivariate_normal
 from torchvision.transforms.v2 import functional as TF
 
-from con2lib.augment import ContentAugment, context_augment
+from con2lib.method.augment import ContentAugment, context_augment
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import View, evaluate, extract_features, tta_views
-from con2lib.metrics import run_diagnostics
-from con2lib.scores import GaussianScorer
-from con2lib.scores.gaussian import _RIDGES, smallest_ridge
-from con2lib.train import build_model, seed_everything
+from con2lib.method.evaluate import View, evaluate, extract_features, tta_views
+from con2lib.analysis.metrics import run_diagnostics
+from con2lib.method.scores import GaussianScorer
+from con2lib.method.scores.gaussian import _RIDGES, smallest_ridge
+from con2lib.method.train import build_model, seed_everything
 
 CPU = torch.device("cpu")
 

@@ -17,11 +17,11 @@ import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib import tracking
-from con2lib.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.runs import tracking
+from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.train import build_model, fit, seed_everything
+from con2lib.method.train import build_model, fit, seed_everything
 
 PARAMS = {**TINY, "epochs": 5, "checkpoint_every": 2}
 
@@ -92,7 +92,7 @@ def test_finished_checkpoint_trains_nothing_and_other_params_are_refused(images,
 
 SLOW_EPOCHS = """
 import time as _time
-import con2lib.tracking as _tracking
+import con2lib.runs.tracking as _tracking
 _log = _tracking.EpochLogger.__call__
 def _slow_log(self, stats, model):  # time for the test to kill the run between two checkpoints
     _time.sleep(0.4)

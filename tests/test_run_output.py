@@ -23,13 +23,13 @@ import yaml
 from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
-from con2lib import tracking
+from con2lib.runs import tracking
 from con2lib.config import Config
-from con2lib.progress import LongRunWarning, StreamEcho, forward_warnings
-from con2lib.run_info import run_name
-from con2lib.sweep import TAG_ROLE, TAG_SWEEP, load_sweep
-from con2lib.sweep_backends import run_sweep
-from con2lib.sweep_report import point_name
+from con2lib.runs.progress import LongRunWarning, StreamEcho, forward_warnings
+from con2lib.runs.run_info import run_name
+from con2lib.sweeps.grid import TAG_ROLE, TAG_SWEEP, load_sweep
+from con2lib.sweeps.backends import run_sweep
+from con2lib.sweeps.report import point_name
 
 PHASES = ("phase: importing torch and MLflow", "phase: loading data: folder", "phase: training: 2 epochs on cpu",
           "epoch 2/2", "phase: scoring the test images", "phase: threshold and MLflow model",
@@ -198,7 +198,7 @@ def test_after_the_first_epoch_a_run_of_more_than_an_hour_says_so(fast_store, mo
                                                                    warned) -> None:
     import mlflow
 
-    from con2lib.train import EpochStats
+    from con2lib.method.train import EpochStats
 
     cfg = Config.from_params({**TINY, "epochs": 10})
     clock = iter([1000.0, 1000.0 + first_epoch_s])
@@ -222,8 +222,8 @@ def test_con2_experiments_open_in_the_ui_on_runs_with_the_auroc_columns(fast_sto
     import json
 
     from con2lib import cli
-    from con2lib.mlflow_ui import ui_url
-    from con2lib.store import KIND_TAG, VIEW_TAG
+    from con2lib.runs.mlflow_ui import ui_url
+    from con2lib.runs.store import KIND_TAG, VIEW_TAG
 
     experiment_id = tracking.setup("shown")
     tags = MlflowClient().get_experiment(experiment_id).tags
@@ -245,15 +245,15 @@ def test_con2_experiments_open_in_the_ui_on_runs_with_the_auroc_columns(fast_sto
 def test_the_best_cell_of_a_row_is_a_con2_score_not_a_baseline() -> None:
     import pandas as pd
 
-    from con2lib import analysis
+    from con2lib.analysis import compare
 
-    columns = pd.MultiIndex.from_product([analysis.STATS, ["invert"], ["auroc_nnd", "auroc_lh", "auroc_ssd"]])
+    columns = pd.MultiIndex.from_product([compare.STATS, ["invert"], ["auroc_nnd", "auroc_lh", "auroc_ssd"]])
     table = pd.DataFrame([[90.0, 92.0, 95.0, 1.0, 1.0, 1.0, 2, 2, 2, 2, 2, 2]], index=["digits"], columns=columns)
-    assert list(analysis.format_pivot(table).iloc[0]) == ["90.0 ± 1.0 (2)", "92.0 ± 1.0 (2)*", "95.0 ± 1.0 (2)"]
-    html = analysis.style_pivot(table).to_html()
+    assert list(compare.format_pivot(table).iloc[0]) == ["90.0 ± 1.0 (2)", "92.0 ± 1.0 (2)*", "95.0 ± 1.0 (2)"]
+    html = compare.style_pivot(table).to_html()
     assert set(re.findall(r"row(\d+)_col(\d+)", html.split("</style>")[0])) == {("0", "1")}  # S_LH bold, not SSD
     only_ssd = table.loc[:, [c for c in columns if c[2] == "auroc_ssd"]]
-    assert list(analysis.format_pivot(only_ssd).iloc[0]) == ["95.0 ± 1.0 (2)*"]
+    assert list(compare.format_pivot(only_ssd).iloc[0]) == ["95.0 ± 1.0 (2)*"]
 
 
 def test_the_pca_view_names_its_axes_with_their_explained_variance() -> None:
@@ -261,7 +261,7 @@ def test_the_pca_view_names_its_axes_with_their_explained_variance() -> None:
     import pandas as pd
     import torch
 
-    from con2lib import report_plots
+    from con2lib.analysis import report_plots
 
     features = torch.randn(40, 8) * torch.tensor([5.0, 2.0, 1, 1, 1, 1, 1, 1])
     coords, axes = report_plots.embed_2d(features, "pca")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from con2lib.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score
 
 
 def brute_nnd(test: np.ndarray, train: np.ndarray) -> np.ndarray:
@@ -95,7 +95,7 @@ def test_gaussian_errors() -> None:
 
 
 def test_nnd_score_views_is_the_mean_over_views_of_each_views_own_bank() -> None:
-    from con2lib.scores import nnd_score_views
+    from con2lib.method.scores import nnd_score_views
 
     torch.manual_seed(0)
     test, train = torch.randn(3, 7, 5), torch.randn(3, 11, 5)

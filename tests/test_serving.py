@@ -33,14 +33,14 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 from test_datasets import CASES, _params  # the data sets' on-disk fixtures (tests/fixtures_data.py)
 
-from con2lib.calibration import (CalibrationWarning, fpr_range, loo_nnd_scores, rates, small_calibration_warning,
+from con2lib.serving.calibration import (CalibrationWarning, fpr_range, loo_nnd_scores, rates, small_calibration_warning,
                                  split_calibration, threshold_at_fpr)
 from con2lib.cli import main as con2_main
 from con2lib.config import Config
 from con2lib.data import DATASETS, OneClassData, load_dataset
 from con2lib.data.images import list_images, prepare_image
-from con2lib.evaluate import extract_features
-from con2lib.pyfunc_model import PREPROCESSING, ScoringModel, pip_requirements, preprocess_for
+from con2lib.method.evaluate import extract_features
+from con2lib.serving.pyfunc_model import PREPROCESSING, ScoringModel, pip_requirements, preprocess_for
 
 PARAMS = {**TINY, "calibration_fraction": 0.25, "experiment": "serving"}
 SERVE_WAIT_S = 90
@@ -336,7 +336,7 @@ def test_served_model_opens_no_files_and_names_a_wrong_column(trained, tmp_path,
 
 def _tampered(trained, folder: Path, change) -> Path:
     """A copy of the logged model whose state ``change`` edited (still a valid ``weights_only`` file)."""
-    from con2lib.checkpoint import load_checkpoint, save_checkpoint
+    from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
 
     local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(folder)))
     state = load_checkpoint(local / "artifacts" / "con2_model.pt")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import TINY
 
-import con2lib.augment.content as content
-import con2lib.scores.gaussian as gaussian
-from con2lib.augment import ContentAugment, normalize
+import con2lib.method.augment.content as content
+import con2lib.method.scores.gaussian as gaussian
+from con2lib.method.augment import ContentAugment, normalize
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import auroc, nnd_bank
-from con2lib.scores import GaussianScorer, nnd_index, nnd_score
-from con2lib.train import build_model, content_augment_for, fit, make_views, seed_everything
+from con2lib.method.evaluate import auroc, nnd_bank
+from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score
+from con2lib.method.train import build_model, content_augment_for, fit, make_views, seed_everything
 
 
 def synthetic_features(n: int = 2000, normal: int = 400, anomalous: int = 400, d: int = 64,
@@ -115,7 +115,7 @@ def test_gaussian_float32_products_keep_scores_and_auroc() -> None:
 @pytest.mark.parametrize("kind", ["hnsw", "ivf"])
 def test_ann_auroc_within_a_tenth_of_a_point_of_exact(kind: str) -> None:
     pytest.importorskip("faiss")
-    from con2lib.scores.ann import ann_nnd_score
+    from con2lib.method.scores.ann import ann_nnd_score
 
     train, test, labels = synthetic_features(n=5000)
     exact = nnd_score(test, train)
@@ -127,7 +127,7 @@ def test_ann_auroc_within_a_tenth_of_a_point_of_exact(kind: str) -> None:
 
 
 def test_ann_without_faiss_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from con2lib.scores.ann import ann_nnd_score
+    from con2lib.method.scores.ann import ann_nnd_score
 
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` fail
     with pytest.raises(ImportError, match="pip install faiss-cpu"):

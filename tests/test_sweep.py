@@ -25,8 +25,9 @@ import yaml
 from conftest import ROOT, TINY, assert_writer_runs, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib import cli, tracking
-from con2lib.sweep import (
+from con2lib import cli
+from con2lib.runs import tracking
+from con2lib.sweeps.grid import (
     TAG_POINT,
     TAG_POINT_PARAMS,
     TAG_ROLE,
@@ -37,7 +38,7 @@ from con2lib.sweep import (
     point_states,
     sweep_runs,
 )
-from con2lib.sweep_backends import LocalBackend, child_tags, run_sweep
+from con2lib.sweeps.backends import LocalBackend, child_tags, run_sweep
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:
@@ -193,7 +194,7 @@ def test_dry_run_lists_points_and_creates_nothing(store, tmp_path, capsys) -> No
 
 
 def test_local_workers_get_a_gpu_each_or_a_share_of_the_cores(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr("con2lib.sweep_backends.cpu_count", lambda: 16)
+    monkeypatch.setattr("con2lib.sweeps.backends.cpu_count", lambda: 16)
     points = load_sweep(tiny_grid(tmp_path, {"seed": [0, 1]}, overrides={"device": "auto"})).points
     gpu = LocalBackend(tmp_path, gpus=["0", "1", "2", "3"]).slots(list(points))
     assert [s["CUDA_VISIBLE_DEVICES"] for s in gpu] == ["0", "1", "2", "3"] and gpu[0]["OMP_NUM_THREADS"] == "4"

@@ -28,7 +28,7 @@ from conftest import assert_writer_runs
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from con2lib import tracking
+from con2lib.runs import tracking
 
 N_RUNS, N_STEPS, N_METRICS, N_PARAMS = 8, 25, 4, 20
 

@@ -11,13 +11,13 @@ import pytest
 import torch
 from conftest import TINY
 
-import con2lib.train as train_module
-from con2lib.augment import context_augment, normalize
+import con2lib.method.train as train_module
+from con2lib.method.augment import context_augment, normalize
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.evaluate import View, evaluate, extract_features, tta_views
-from con2lib.schedules import linear_alpha
-from con2lib.train import build_model, fit, seed_everything, steps_per_epoch
+from con2lib.method.evaluate import View, evaluate, extract_features, tta_views
+from con2lib.method.schedules import linear_alpha
+from con2lib.method.train import build_model, fit, seed_everything, steps_per_epoch
 
 # mild content augmentation, so that each view still shows its source image's context
 GENTLE = {**TINY, "crop_scale_min": 0.9, "hflip_p": 0.0, "jitter_strength": 0.0, "grayscale_p": 0.0}

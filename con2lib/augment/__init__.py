@@ -1,6 +1,0 @@
-"""Context augmentations (t_c) and batched content augmentations (the SimCLR set T)."""
-
-from con2lib.augment.content import ContentAugment, normalize
-from con2lib.augment.context import CONTEXT_AUGMENTATIONS, context_augment
-
-__all__ = ["CONTEXT_AUGMENTATIONS", "ContentAugment", "context_augment", "normalize"]

@@ -1,7 +1,0 @@
-"""Anomaly scores on encoder features: S_NND (eq. 12; exact, or approximate with faiss) and S_LH (eqs. 13-15)."""
-
-from con2lib.scores.ann import ann_nnd_score
-from con2lib.scores.gaussian import GaussianScorer
-from con2lib.scores.nnd import nnd_index, nnd_score, nnd_score_views
-
-__all__ = ["GaussianScorer", "ann_nnd_score", "nnd_index", "nnd_score", "nnd_score_views"]

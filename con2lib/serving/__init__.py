@@ -1,0 +1,3 @@
+"""A trained run as a served model: the MLflow pyfunc (``pyfunc_model``), the inputs it takes
+(``model_inputs``), its calibrated threshold (``calibration``) and the ``con2 score`` / ``con2 serve``
+commands (``commands``)."""
