@@ -32,11 +32,11 @@ import numpy as np
 import yaml
 from scipy.stats import spearmanr
 
-from benchmarks.ablation import run_once
-from con2lib.config import Config
 from con2lib.analysis.contexts import check, recommend
+from con2lib.config import Config
 from con2lib.data import load_dataset
 
+from benchmarks.ablation import run_once
 
 PASS = 0.5  # check score above which a candidate counts as satisfying both assumptions (rho_pass)
 

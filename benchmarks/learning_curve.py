@@ -18,13 +18,16 @@ import argparse
 import torch
 import yaml
 
-from con2lib.serving.calibration import split_calibration
-from con2lib.paramfiles import load_params
 from con2lib.config import Config
 from con2lib.data import load_dataset
+from con2lib.method.device import seed_everything, select_device
+from con2lib.method.epochs import EpochStats
 from con2lib.method.evaluate import evaluate
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
+from con2lib.paramfiles import load_params
 from con2lib.paths import resolve
-from con2lib.method.train import EpochStats, build_model, fit, seed_everything, select_device
+from con2lib.serving.calibration import split_calibration
 
 
 def main(argv: list[str] | None = None) -> int:

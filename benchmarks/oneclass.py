@@ -30,13 +30,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-from con2lib.analysis.baselines import pixel_knn_scores
-from con2lib.serving.calibration import split_calibration
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.method.evaluate import auroc
+from con2lib.method.scores import pixel_knn_scores
 from con2lib.paths import project_root
+from con2lib.serving.calibration import split_calibration
 
 # Published one-class Fashion-MNIST mean AUROC (official split): GEOM (Golan & El-Yaniv 2018),
 # OC-SVM on raw pixels and Deep SAD without labels (Ruff et al. 2020).
@@ -140,9 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from con2lib.sweeps import grid as sw
     from con2lib.runs import tracking
     from con2lib.runs.runner import RunNotStarted
+    from con2lib.sweeps import grid as sw
     from con2lib.sweeps.backends import LocalBackend, run_sweep
 
     overrides = {**({"eval_split": "validation"} if args.split == "validation" else {}),

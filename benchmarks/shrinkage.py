@@ -21,13 +21,14 @@ import tempfile
 
 import torch
 
-from con2lib.serving.calibration import split_calibration
-from con2lib.method.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.method.evaluate import auroc, extract_features, tta_views
+from con2lib.method.checkpoint import load_checkpoint
+from con2lib.method.evaluate import auroc, extract_features
+from con2lib.method.models import build_model
 from con2lib.method.scores import GaussianScorer, nnd_score_views
-from con2lib.method.train import build_model
+from con2lib.method.views import tta_views
+from con2lib.serving.calibration import split_calibration
 
 
 def shrinkage_aurocs(cfg: Config, state: dict, values: list[float]) -> tuple[float, list[float]]:

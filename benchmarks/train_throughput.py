@@ -31,8 +31,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from con2lib.method import train
 from con2lib.config import Config
+from con2lib.method import train
+from con2lib.method.device import seed_everything, select_device
+from con2lib.method.models import build_model
+from con2lib.method.views import content_augment_for, make_views
 
 # realistic model sizes per (device, image size): width, stem, images per step (4 views each)
 SETUPS = {
@@ -103,7 +106,7 @@ class ReferenceViews(torch.utils.data.Dataset):
 
 def reference_batches(images: torch.Tensor, size: int, batch: int, device: torch.device,
                       workers: int) -> Iterator[torch.Tensor]:
-    """Endless (4 * batch, C, size, size) batches from a DataLoader, ordered as ``train.make_views``."""
+    """Endless (4 * batch, C, size, size) batches from a DataLoader, ordered as ``make_views``."""
     loader = torch.utils.data.DataLoader(ReferenceViews(images, size), batch_size=batch, shuffle=True, drop_last=True,
                                          num_workers=workers, persistent_workers=True, prefetch_factor=2,
                                          pin_memory=device.type == "cuda")
@@ -143,7 +146,7 @@ def kornia_line(cfg: Config, views_per_batch: int, device: torch.device, reps: i
         return "augmentation vs kornia: skipped (kornia is not installed: pip install kornia)"
     size = cfg.image_size
     x = torch.rand(views_per_batch, 3, size, size, device=device)
-    ours = train.content_augment_for(cfg)
+    ours = content_augment_for(cfg)
     gen = torch.Generator(device=device).manual_seed(0)
     theirs = torch.nn.Sequential(
         K.RandomResizedCrop((size, size), scale=(cfg.crop_scale_min, 1.0)), K.RandomHorizontalFlip(),
@@ -168,16 +171,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = train.select_device(args.device)
+    device = select_device(args.device)
     rounds, steps = (3, 3) if args.quick else (5, 8)
     width, stem, batch = SETUPS[(device.type, args.size)]
     cfg = Config(image_size=args.size, width=width, stem=stem, batch_size=batch, context="invert", epochs=1,
                  compile=args.compile, device=device.type)
     views_per_step = 4 * batch
-    train.seed_everything(0)
+    seed_everything(0)
     images = torch.randint(0, 256, (steps * batch, 3, args.size, args.size), dtype=torch.uint8)
     on_device = images.to(device)
-    model = train.build_model(cfg, 3).to(device)
+    model = build_model(cfg, 3).to(device)
 
     print(f"device: {device.type} ({device_name(device)}), torch {torch.__version__}, "
           f"{torch.get_num_threads()} torch threads")
@@ -188,7 +191,7 @@ def main() -> None:
     # (c): the training step on views made once
     forward = train.prepare_model(cfg, model, device)
     optimizer = train.make_optimizer(cfg, model, device)
-    views, contexts, ids = train.make_views(on_device[:batch], cfg, train.content_augment_for(cfg), None)
+    views, contexts, ids = make_views(on_device[:batch], cfg, content_augment_for(cfg), None)
 
     def run_a() -> None:
         train.fit(cfg, model, on_device, progress=False)  # steps_per_epoch = steps

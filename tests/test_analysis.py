@@ -16,20 +16,24 @@ import papermill
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, TINY, make_experiment
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy.spatial.distance import mahalanobis
 from sklearn.cluster import KMeans
 
 from con2lib.analysis import compare
-from con2lib.analysis.baselines import SSDScorer
-from con2lib.serving.calibration import split_calibration
+from con2lib.analysis.baselines import SSDScorer, time_scores
+from con2lib.analysis.metrics import context_misalignment, silhouette_context
 from con2lib.config import Config
 from con2lib.data import load_dataset
+from con2lib.method.device import seed_everything
 from con2lib.method.evaluate import evaluate
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
+from con2lib.serving.calibration import split_calibration
 from con2lib.serving.pyfunc_model import ScoringModel, log_model, preprocess_for
-from con2lib.method.train import build_model, fit, seed_everything
+
+from conftest import ROOT, TINY, make_experiment
 
 CLASS_NAMES = {0: "T-shirt/top", 1: "Trouser", 2: "Pullover"}
 # (normal class, context, seed, loss): class 1 / flip lacks seed 1, class 2 / flip was never run
@@ -283,7 +287,7 @@ def test_notebooks_compare_explore_efficiency(runs_store, tmp_path) -> None:
 
 
 def test_time_scores_reports_both_sweeps_and_memory() -> None:
-    t = compare.time_scores([1, 64], d=8, batches=[1, 4], batch_size=4, device="cpu", n_fixed=32, repeats=1)
+    t = time_scores([1, 64], d=8, batches=[1, 4], batch_size=4, device="cpu", n_fixed=32, repeats=1)
     assert len(t) == 8 and set(t["sweep"]) == {"n", "batches"} and set(t["score"]) == {"S_NND", "S_LH"}
     lh_n1 = t[(t["score"] == "S_LH") & (t["n"] == 1)]
     assert lh_n1["total_s"].isna().all()  # one feature has no covariance
@@ -340,10 +344,10 @@ def test_silhouette_of_context_clusters() -> None:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(300, 16, generator=gen) * 0.05 + torch.eye(16)[0]
     xc = torch.randn(300, 16, generator=gen) * 0.05 + torch.eye(16)[1]
-    assert compare.silhouette_context(x, xc) > 0.9
-    assert compare.silhouette_context(x, x) < 0.05  # every point has a twin in the other "cluster"
+    assert silhouette_context(x, xc) > 0.9
+    assert silhouette_context(x, x) < 0.05  # every point has a twin in the other "cluster"
     big = torch.randn(5000, 16, generator=gen)
-    assert compare.silhouette_context(big, big + 3 * torch.eye(16)[2], max_points=500) > 0
+    assert silhouette_context(big, big + 3 * torch.eye(16)[2], max_points=500) > 0
 
 
 def test_context_misalignment_is_relative_to_training_images() -> None:
@@ -351,7 +355,7 @@ def test_context_misalignment_is_relative_to_training_images() -> None:
     rotate = torch.roll(torch.eye(8), 1, dims=0)
     train = torch.stack([base, base + 0.1 * base @ rotate])
     test = torch.stack([base[:3], torch.stack([base[0], -base[1], base[2] + 0.1 * base[2] @ rotate])])
-    ratio = compare.context_misalignment(train, test)
+    ratio = context_misalignment(train, test)
     typical = (1 - F.cosine_similarity(train[0], train[1])).median()
     assert ratio[0] == pytest.approx(0.0, abs=1e-3) and ratio[1] == pytest.approx(2 / typical.item(), rel=1e-5)
     own = 1 - F.cosine_similarity(test[0, 2], test[1, 2], dim=0)

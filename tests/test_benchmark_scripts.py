@@ -6,11 +6,12 @@ import argparse
 import re
 
 import pytest
-from conftest import TINY, make_experiment
 
-from benchmarks.oneclass import pixel_knn_auroc, table, write_grid
 from con2lib.config import Config
 from con2lib.sweeps.grid import load_sweep
+
+from benchmarks.oneclass import pixel_knn_auroc, table, write_grid
+from conftest import TINY, make_experiment
 
 
 def test_the_grid_is_the_preset_crossed_with_contexts_classes_and_seeds(tmp_path, monkeypatch) -> None:
@@ -30,8 +31,8 @@ def test_pixel_knn_uses_the_split_the_run_scores() -> None:
     from sklearn.metrics import roc_auc_score
     from sklearn.neighbors import NearestNeighbors
 
-    from con2lib.serving.calibration import split_calibration
     from con2lib.data import load_dataset
+    from con2lib.serving.calibration import split_calibration
 
     params = {**TINY, "max_train": 0, "calibration_fraction": 0.2}
     cfg = Config.from_params(params)
@@ -72,10 +73,10 @@ def test_validation_points_go_to_their_own_experiment(tmp_path, monkeypatch) -> 
 def test_every_run_logs_the_pixel_baseline_of_its_own_split() -> None:
     import torch
 
-    from con2lib.serving.calibration import split_calibration
     from con2lib.data import load_dataset
     from con2lib.method.evaluate import evaluate
-    from con2lib.method.train import build_model
+    from con2lib.method.models import build_model
+    from con2lib.serving.calibration import split_calibration
 
     params = {**TINY, "eval_split": "validation", "max_train": 0, "max_test": 0}
     cfg = Config.from_params(params)
@@ -101,8 +102,9 @@ def test_ablation_row_reports_means_and_gaps_to_pixels() -> None:
 
 
 def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
-    from benchmarks.ablation import variant_configs
     from con2lib.paths import project_root
+
+    from benchmarks.ablation import variant_configs
 
     specs = sorted((project_root() / "benchmarks" / "ablations").glob("*.yaml"))
     assert specs
@@ -118,7 +120,7 @@ def test_every_shipped_ablation_variant_is_a_valid_validation_config() -> None:
 def test_pixel_baseline_in_blocks_equals_one_block(monkeypatch) -> None:
     import torch
 
-    import con2lib.analysis.baselines as baselines
+    import con2lib.method.scores.pixels as baselines
     from con2lib.method.scores import nnd_score
 
     gen = torch.Generator().manual_seed(0)
@@ -132,10 +134,11 @@ def test_pixel_baseline_in_blocks_equals_one_block(monkeypatch) -> None:
 def test_readme_results_come_from_the_store(fast_store, tmp_path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from benchmarks import readme_results
     from con2lib.paramfiles import load_params
     from con2lib.paths import project_root
     from con2lib.runs.run_info import TAG_MACHINE
+
+    from benchmarks import readme_results
 
     params = load_params(project_root() / "params" / "quickstart.yaml")
     cfg = Config.from_params(params)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from con2lib.paramfiles import load_params
 from con2lib.config import Config
+from con2lib.paramfiles import load_params
 
 
 @pytest.mark.parametrize("params,message", [

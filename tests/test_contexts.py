@@ -9,16 +9,26 @@ import pandas as pd
 import papermill
 import pytest
 import torch
-from conftest import ROOT
 from mlflow.tracking import MlflowClient
 from torchvision.transforms import functional as F_v1
 
+from con2lib.analysis import context_probe
+from con2lib.analysis.contexts import (
+    CANDIDATES,
+    COLUMNS,
+    HFLIP_REASON,
+    NOVEL_PASS,
+    ROTATIONS,
+    SHAPE_PASS,
+    check,
+    recommend,
+    resolve_context,
+)
+from con2lib.config import CONTEXTS, Config
 from con2lib.method.augment import context_augment
 from con2lib.method.augment.context import CONTEXT_AUGMENTATIONS, equalize
-from con2lib.config import CONTEXTS, Config
-from con2lib.analysis import context_probe
-from con2lib.analysis.contexts import (CANDIDATES, COLUMNS, HFLIP_REASON, NOVEL_PASS, ROTATIONS, SHAPE_PASS, check, recommend,
-                              resolve_context)
+
+from conftest import ROOT
 
 N, S = 200, 16  # synthetic images: enough for a stable held-out AUROC, about a second per check
 

@@ -18,13 +18,15 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # conftest's TINY also when run by torchrun
-from conftest import ROOT, TINY  # noqa: E402
-
-from con2lib.method.augment import ContentAugment  # noqa: E402
 from con2lib.config import Config  # noqa: E402
+from con2lib.method.augment import ContentAugment  # noqa: E402
 from con2lib.method.evaluate import auroc, nnd_bank  # noqa: E402
+from con2lib.method.models import build_model
 from con2lib.method.scores import GaussianScorer, nnd_score_views  # noqa: E402
-from con2lib.method.train import build_model, content_augment_for, make_optimizer, make_views, prepare_model, train_step  # noqa: E402
+from con2lib.method.train import make_optimizer, prepare_model, train_step  # noqa: E402
+from con2lib.method.views import content_augment_for, make_views
+
+from conftest import ROOT, TINY  # noqa: E402
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (benchmarks/gpu_check.sh)")]

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
 from con2lib.data import DATASETS
 from con2lib.sweeps.grid import TAG_POINT
+
+from conftest import ROOT, con2_command, make_experiment, notebook_with_cell
 
 try:
     from tests import fixtures_data as fx

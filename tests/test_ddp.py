@@ -13,12 +13,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TINY
 
-from con2lib.runs import ddp_worker
-from con2lib.method import distributed
 from con2lib.config import Config
-from con2lib.method.train import build_model, content_augment_for, fit, make_views, train_step
+from con2lib.method import distributed
+from con2lib.method.models import build_model
+from con2lib.method.train import fit, train_step
+from con2lib.method.views import content_augment_for, make_views
+from con2lib.runs import ddp_worker
+
+from conftest import TINY
 
 WORLD = 2
 
@@ -111,8 +114,9 @@ def test_torchrun_con2_run_trains_on_two_processes_into_one_run(fast_store, tmp_
     import subprocess
 
     import yaml
-    from conftest import ROOT, make_experiment
     from mlflow.tracking import MlflowClient
+
+    from conftest import ROOT, make_experiment
 
     make_experiment("ddp", tmp_path)
     params = tmp_path / "params.yaml"

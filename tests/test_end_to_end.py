@@ -7,18 +7,20 @@ import subprocess
 
 import nbformat
 import pytest
-
 import torch
 import yaml
-from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
 import con2lib
-from con2lib.method.checkpoint import load_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
+from con2lib.method.checkpoint import load_checkpoint
+from con2lib.method.device import seed_everything
 from con2lib.method.evaluate import evaluate
-from con2lib.method.train import build_model, fit, seed_everything
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
+
+from conftest import ROOT, TINY, con2_command, make_experiment
 
 
 def artifact_paths(client: MlflowClient, run_id: str, path: str = "") -> set[str]:

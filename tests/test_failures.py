@@ -23,14 +23,15 @@ import nbformat
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib.method import checkpoint
 from con2lib import cli
-from con2lib.runs import store, tracking
-from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
+from con2lib.method import checkpoint
+from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.runs import store, tracking
+
+from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment, notebook_with_cell
 
 
 def write_params(tmp_path: Path, **params: Any) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"

@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TINY
 
 from con2lib import cli
 from con2lib.config import Config
 from con2lib.data.base import OneClassData, subsample
+
+from conftest import TINY
 
 
 @pytest.mark.parametrize("params,message", [

@@ -21,15 +21,16 @@ import mlflow
 import nbformat
 import pytest
 import yaml
-from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from con2lib import cli
-from con2lib.runs import run_files, tracking
-from con2lib.method.checkpoint import config_key, save_checkpoint
 from con2lib.config import Config
+from con2lib.method.checkpoint import config_key, save_checkpoint
+from con2lib.runs import run_files, tracking
 from con2lib.runs.resume import TAG_RESUME_KEY, reopen
+
+from conftest import ROOT, TINY, artifact_paths, con2_command, make_experiment
 
 
 def _params(tmp_path: Path, **params: Any) -> Path:

@@ -11,9 +11,11 @@ from test_contexts import bars
 
 import con2lib.method.learning_signal as signal
 from con2lib.config import Config
+from con2lib.method.device import seed_everything
+from con2lib.method.epochs import EpochStats, epoch_line, train_epochs
 from con2lib.method.learning_signal import ContextSolvedWarning, context_solved, term_gradients
-from con2lib.runs.progress import epoch_line
-from con2lib.method.train import EpochStats, build_model, fit, seed_everything, train_epochs
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
 
 # oriented bars at 16 px: invert is separable by the sign of any pixel, rot90 needs the bar's direction
 BARS = {"image_size": 16, "width": 0.25, "stem": "stride2", "batch_size": 32, "proj_dim": 32,

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
 
-from con2lib.method.augment import context_augment, normalize
+from con2lib.analysis.metrics import run_diagnostics
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.method.evaluate import evaluate, tta_views
+from con2lib.method.augment import context_augment, normalize
+from con2lib.method.device import seed_everything
+from con2lib.method.evaluate import evaluate
 from con2lib.method.losses import con2_loss, supcon_loss
-from con2lib.analysis.metrics import run_diagnostics
-from con2lib.method.train import build_model, content_augment_for, fit, make_views, seed_everything
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
+from con2lib.method.views import content_augment_for, make_views, tta_views
+
+from conftest import TINY
 
 
 def test_a_yaml_list_becomes_one_flat_parameter() -> None:

@@ -6,18 +6,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from scipy.stats import multivariate_normal
 from torchvision.transforms.v2 import functional as TF
 
-from con2lib.method.augment import ContentAugment, context_augment
+from con2lib.analysis.metrics import run_diagnostics
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.method.evaluate import View, evaluate, extract_features, tta_views
-from con2lib.analysis.metrics import run_diagnostics
+from con2lib.method.augment import ContentAugment, context_augment
+from con2lib.method.device import seed_everything
+from con2lib.method.evaluate import evaluate, extract_features
+from con2lib.method.models import build_model
 from con2lib.method.scores import GaussianScorer
 from con2lib.method.scores.gaussian import _RIDGES, smallest_ridge
-from con2lib.method.train import build_model, seed_everything
+from con2lib.method.views import View, tta_views
+
+from conftest import TINY
 
 CPU = torch.device("cpu")
 

@@ -14,14 +14,17 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import ROOT, TINY, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
-from con2lib.runs import tracking
-from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.method.train import build_model, fit, seed_everything
+from con2lib.method.checkpoint import load_checkpoint, save_checkpoint
+from con2lib.method.device import seed_everything
+from con2lib.method.models import build_model
+from con2lib.method.train import fit
+from con2lib.runs import tracking
+
+from conftest import ROOT, TINY, con2_command, make_experiment, notebook_with_cell
 
 PARAMS = {**TINY, "epochs": 5, "checkpoint_every": 2}
 

@@ -17,19 +17,20 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import fixtures_data as fx
 import pytest
 import yaml
-from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 
-from con2lib.runs import tracking
 from con2lib.config import Config
+from con2lib.runs import tracking
 from con2lib.runs.progress import LongRunWarning, StreamEcho, forward_warnings
 from con2lib.runs.run_info import run_name
-from con2lib.sweeps.grid import TAG_ROLE, TAG_SWEEP, load_sweep
 from con2lib.sweeps.backends import run_sweep
+from con2lib.sweeps.grid import TAG_ROLE, TAG_SWEEP, load_sweep
 from con2lib.sweeps.report import point_name
+
+import fixtures_data as fx
+from conftest import ROOT, TINY, con2_command, make_experiment
 
 PHASES = ("phase: importing torch and MLflow", "phase: loading data: folder", "phase: training: 2 epochs on cpu",
           "epoch 2/2", "phase: scoring the test images", "phase: threshold and MLflow model",
@@ -198,7 +199,7 @@ def test_after_the_first_epoch_a_run_of_more_than_an_hour_says_so(fast_store, mo
                                                                    warned) -> None:
     import mlflow
 
-    from con2lib.method.train import EpochStats
+    from con2lib.method.epochs import EpochStats
 
     cfg = Config.from_params({**TINY, "epochs": 10})
     clock = iter([1000.0, 1000.0 + first_epoch_s])

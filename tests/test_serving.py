@@ -28,19 +28,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import ROOT, TINY, con2_command, make_experiment
 from mlflow.tracking import MlflowClient
 from PIL import Image
 from test_datasets import CASES, _params  # the data sets' on-disk fixtures (tests/fixtures_data.py)
 
-from con2lib.serving.calibration import (CalibrationWarning, fpr_range, loo_nnd_scores, rates, small_calibration_warning,
-                                 split_calibration, threshold_at_fpr)
 from con2lib.cli import main as con2_main
 from con2lib.config import Config
 from con2lib.data import DATASETS, OneClassData, load_dataset
 from con2lib.data.images import list_images, prepare_image
 from con2lib.method.evaluate import extract_features
+from con2lib.serving.calibration import (
+    CalibrationWarning,
+    fpr_range,
+    loo_nnd_scores,
+    rates,
+    small_calibration_warning,
+    split_calibration,
+    threshold_at_fpr,
+)
 from con2lib.serving.pyfunc_model import PREPROCESSING, ScoringModel, pip_requirements, preprocess_for
+
+from conftest import ROOT, TINY, con2_command, make_experiment
 
 PARAMS = {**TINY, "calibration_fraction": 0.25, "experiment": "serving"}
 SERVE_WAIT_S = 90

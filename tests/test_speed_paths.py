@@ -7,16 +7,20 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 import con2lib.method.augment.content as content
 import con2lib.method.scores.gaussian as gaussian
-from con2lib.method.augment import ContentAugment, normalize
 from con2lib.config import Config
 from con2lib.data import load_dataset
+from con2lib.method.augment import ContentAugment, normalize
+from con2lib.method.device import seed_everything
 from con2lib.method.evaluate import auroc, nnd_bank
+from con2lib.method.models import build_model
 from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score
-from con2lib.method.train import build_model, content_augment_for, fit, make_views, seed_everything
+from con2lib.method.train import fit
+from con2lib.method.views import content_augment_for, make_views
+
+from conftest import TINY
 
 
 def synthetic_features(n: int = 2000, normal: int = 400, anomalous: int = 400, d: int = 64,

@@ -9,12 +9,12 @@ executor).
 from __future__ import annotations
 
 import multiprocessing
-import sys
 import os
 import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,11 @@ from typing import Any
 import mlflow
 import pytest
 import yaml
-from conftest import ROOT, TINY, assert_writer_runs, con2_command, make_experiment, notebook_with_cell
 from mlflow.tracking import MlflowClient
 
 from con2lib import cli
 from con2lib.runs import tracking
+from con2lib.sweeps.backends import LocalBackend, child_tags, run_sweep
 from con2lib.sweeps.grid import (
     TAG_POINT,
     TAG_POINT_PARAMS,
@@ -38,7 +38,8 @@ from con2lib.sweeps.grid import (
     point_states,
     sweep_runs,
 )
-from con2lib.sweeps.backends import LocalBackend, child_tags, run_sweep
+
+from conftest import ROOT, TINY, assert_writer_runs, con2_command, make_experiment, notebook_with_cell
 
 
 def write(path: Path, data: dict[str, Any]) -> Path:

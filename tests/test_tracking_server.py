@@ -24,11 +24,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import assert_writer_runs
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from con2lib.runs import tracking
+
+from conftest import assert_writer_runs
 
 N_RUNS, N_STEPS, N_METRICS, N_PARAMS = 8, 25, 4, 20
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 
 from con2lib.config import Config
 from con2lib.data import load_dataset
 from con2lib.data.base import one_class_split
+
+from conftest import TINY
 
 
 def _marked_split(validation: float, seed: int = 0):

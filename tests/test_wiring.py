@@ -9,15 +9,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TINY
 
 import con2lib.method.train as train_module
-from con2lib.method.augment import context_augment, normalize
 from con2lib.config import Config
 from con2lib.data import load_dataset
-from con2lib.method.evaluate import View, evaluate, extract_features, tta_views
+from con2lib.method.augment import context_augment, normalize
+from con2lib.method.device import seed_everything
+from con2lib.method.epochs import steps_per_epoch
+from con2lib.method.evaluate import evaluate, extract_features
+from con2lib.method.models import build_model
 from con2lib.method.schedules import linear_alpha
-from con2lib.method.train import build_model, fit, seed_everything, steps_per_epoch
+from con2lib.method.train import fit
+from con2lib.method.views import View, tta_views
+
+from conftest import TINY
 
 # mild content augmentation, so that each view still shows its source image's context
 GENTLE = {**TINY, "crop_scale_min": 0.9, "hflip_p": 0.0, "jitter_strength": 0.0, "grayscale_p": 0.0}

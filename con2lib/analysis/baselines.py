@@ -1,6 +1,7 @@
 """Baseline anomaly scores on encoder features, and what the scores cost.
 
-:func:`pixel_knn_scores` is the floor every learned score is shown against. SSD (Sehwag et al., 2021) clusters the normalised features of normal training images with k-means and scores a sample by
+The floor every learned score is shown against, raw-pixel cosine 1-NN, is a score of the method
+(:func:`con2lib.method.scores.pixel_knn_scores`): every evaluation computes it. SSD (Sehwag et al., 2021) clusters the normalised features of normal training images with k-means and scores a sample by
 its Mahalanobis distance to the closest cluster. On features of a SimCLR-trained encoder
 (``loss=simclr``) it is the paper's SSD baseline; on CON2 features it is one more score to compare
 with S_NND and S_LH. :func:`time_scores` measures the runtime and memory of S_NND and S_LH as the
@@ -17,35 +18,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
-from torch import nn
 
-from con2lib.method.scores import nnd_score
-
-
-_PIXEL_BLOCK_BYTES = 256 << 20  # float32 rows converted at a time: bounded memory even for 224 px images
+from con2lib.method.scores.gaussian import FittedStatistics, mahalanobis_sq, shrunk
 
 
-def pixel_knn_scores(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """The simplest baseline: raw-pixel cosine 1-NN distance (S_NND of eq. 12 with g the identity).
-
-    uint8 images are converted to float in blocks of about 256 MB (both sides), so a 224 px data set
-    never holds a float copy of all its pixels.
-
-    Args:
-        train: uint8 (n, C, H, W) normal training images (the run's own bank).
-        test: uint8 (T, C, H, W) images to score.
-
-    Returns:
-        float32 (T,) scores, higher = more anomalous. A method that scores below this on the same
-        split has learned less about the normal class than its pixels already tell.
-    """
-    rows = max(64, _PIXEL_BLOCK_BYTES // (4 * max(1, train[0].numel())))
-    flat = lambda x: x.flatten(1).float()  # noqa: E731
-    scores = [torch.stack([nnd_score(flat(q), flat(b)) for b in train.split(rows)]).amin(0) for q in test.split(rows)]
-    return torch.cat(scores) if scores else torch.zeros(0)
-
-
-class SSDScorer(nn.Module):
+class SSDScorer(FittedStatistics):
     """k-means clusters of normal features, each with a mean and a shrunk covariance.
 
     The fitted statistics are buffers, so they travel with ``state_dict`` and ``.to(device)``.
@@ -65,13 +42,6 @@ class SSDScorer(nn.Module):
         self.shrinkage = shrinkage
         self.register_buffer("means", torch.empty(0))
         self.register_buffer("cholesky", torch.empty(0))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # fitted shapes are only known after fit: resize the empty buffers before loading
-        for name in ("means", "cholesky"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def n_clusters(self) -> int:
@@ -104,10 +74,8 @@ class SSDScorer(nn.Module):
                 centred = members - mean
                 # a single-point cluster has no spread: the floor below keeps it usable, if sharp
                 cov = centred.T @ centred / max(len(members) - 1, 1)
-                eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-                scale = cov.diagonal().mean()
-                cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
-                cov = cov + 1e-9 * scale.clamp(min=1e-12) * eye
+                cov, scale, eye = shrunk(cov, self.shrinkage)
+                cov = cov + 1e-9 * scale * eye
                 means.append(mean)
                 chols.append(torch.linalg.cholesky(cov))
         self.means = torch.stack(means).reshape(len(z), n_clusters, d)
@@ -141,9 +109,7 @@ class SSDScorer(nn.Module):
         out = []
         for block in z.split(chunk, dim=-2):
             diff = block.unsqueeze(-3) - self.means.unsqueeze(-2)  # (..., k, t, D)
-            # solve L y = diff^T rather than inverting each covariance
-            y = torch.linalg.solve_triangular(self.cholesky, diff.mT, upper=False)
-            out.append((y * y).sum(-2).amin(-2).sqrt())
+            out.append(mahalanobis_sq(self.cholesky, diff).amin(-2).sqrt())
         return torch.cat(out, dim=-1).float()
 
 
@@ -165,8 +131,8 @@ def time_scores(n_values: Sequence[int], d: int, batches: Sequence[int], batch_s
         (d*d + d + 1)*8 for S_LH), peak_bytes (CUDA only: torch.cuda.max_memory_allocated above the
         inputs during fit and scoring; NaN on other devices). S_LH needs n >= 2: NaN times below.
     """
+    from con2lib.method.device import select_device
     from con2lib.method.scores import GaussianScorer, nnd_score
-    from con2lib.method.train import select_device
 
     dev = select_device(device) if isinstance(device, str) else device
     gen = torch.Generator().manual_seed(seed)

@@ -26,9 +26,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from con2lib.data import cache
+
 # re-exported: callers import them from here; the listing lives in its own module
-from con2lib.data.listing import (IMAGE_SUFFIXES, SkippedImageWarning, check_regular_file,  # noqa: F401
-                                  list_images)
+from con2lib.data.listing import IMAGE_SUFFIXES, SkippedImageWarning, check_regular_file, list_images  # noqa: F401
 from con2lib.data.pixels import GRAY_MODES, MIN_SIDE, check_size, convert_mode, to_uint8  # noqa: F401
 
 _SKIPPED_SHOWN = 20  # file names listed in one warning; the full list goes to info["skipped_files"]

@@ -11,8 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from con2lib.data.base import (OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8,
-                              validation_args)
+from con2lib.data.base import OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8, validation_args
 from con2lib.data.images import Preprocess, list_images
 from con2lib.data.splits import (
     PAPER_CROP_RATIO,

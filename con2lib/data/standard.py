@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from con2lib.data.base import (OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8,
-                              validation_args)
+from con2lib.data.base import OneClassData, one_class_split, resize_uint8, resolve_class, to_nchw_uint8, validation_args
 from con2lib.paths import resolve
 
 if TYPE_CHECKING:

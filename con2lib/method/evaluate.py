@@ -19,26 +19,31 @@ operations over all views at once.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from con2lib.method.augment import context_augment, normalize
-from con2lib.analysis.baselines import pixel_knn_scores
 from con2lib.config import Config
-from con2lib.data import OneClassData
-from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score_views
-from con2lib.method.train import content_augment_for
+from con2lib.method.augment import context_augment, normalize
+from con2lib.method.device import to_layout
+from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score_views, pixel_knn_scores
+from con2lib.method.views import View, content_augment_for, plain_view_indices, tta_views
 
 
-@dataclass(frozen=True)
-class View:
-    """One test-time augmentation: the context it scores ("" = x itself), and its content augmentation."""
+class Split(Protocol):
+    """What :func:`evaluate` reads of a data set (:class:`con2lib.data.OneClassData` is one).
 
-    context: str
-    augment: bool
-    seed: int
+    Attributes:
+        train: uint8 (n, C, H, W) normal training images.
+        test: uint8 (T, C, H, W) test images.
+        test_labels: (T,) 1 = anomaly, 0 = normal.
+    """
+
+    train: torch.Tensor
+    test: torch.Tensor
+    test_labels: torch.Tensor
 
 
 @dataclass
@@ -71,24 +76,6 @@ class Evaluation:
     auroc_pixel_knn: float = float("nan")
 
 
-def tta_views(cfg: Config) -> list[View]:
-    """The A views of eq. 16: A/K of x, then A/K of each scored context copy (``cfg.views_per_context``).
-
-    ``tta: 0`` is one un-augmented view per scored context, whatever ``tta_identity`` says.
-    """
-    per = cfg.views_per_context
-    names = ("",) + cfg.contexts  # SimCLR: views_per_context = A, so every view is of x
-    return [View(context=names[i // per], augment=cfg.tta > 0 and not (cfg.tta_identity and i % per == 0),
-                 seed=cfg.seed * 1000 + i) for i in range(cfg.n_views)]
-
-
-def _plain_view_indices(cfg: Config) -> list[int | None]:
-    """Which scored views are the un-augmented x and first context copy (None: not among them)."""
-    views, ctx = tta_views(cfg), cfg.context_view
-    first = 0 if not views[0].augment else None
-    return [first, ctx if ctx is not None and not views[ctx].augment else None]
-
-
 @torch.no_grad()
 def extract_features(encoder: torch.nn.Module, images: torch.Tensor, views: list[View], cfg: Config,
                      device: torch.device) -> torch.Tensor:
@@ -115,9 +102,7 @@ def extract_features(encoder: torch.nn.Module, images: torch.Tensor, views: list
                 # the same seed for every chunk: one transformation for the whole set
                 gen = torch.Generator(device=device).manual_seed(view.seed)
                 x = augment(x, gen, shared=True)
-            x = normalize(x)
-            if device.type in ("cuda", "cpu"):
-                x = x.contiguous(memory_format=torch.channels_last)  # as in training (train.prepare_model)
+            x = to_layout(normalize(x))  # as in training (train.prepare_model)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 feats.append(encoder(x).float())
         out.append(torch.cat(feats))
@@ -136,7 +121,7 @@ def nnd_bank(train_features: torch.Tensor) -> torch.Tensor:
     return train_features.half() if train_features.device.type == "cuda" else train_features
 
 
-def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: torch.device) -> Evaluation:
+def evaluate(cfg: Config, encoder: torch.nn.Module, data: Split, device: torch.device) -> Evaluation:
     """Scores the test set with S_NND and S_LH under test-time augmentation and measures the AUROC."""
     views = tta_views(cfg)
     train = extract_features(encoder, data.train, views, cfg, device)
@@ -156,14 +141,14 @@ def evaluate(cfg: Config, encoder: torch.nn.Module, data: OneClassData, device: 
     )
 
 
-def _plain_features(cfg: Config, encoder: torch.nn.Module, data: OneClassData, train: torch.Tensor,
+def _plain_features(cfg: Config, encoder: torch.nn.Module, data: Split, train: torch.Tensor,
                     test: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """(2, n, F) and (2, T, F) features of the un-augmented x and x^c: scored views where they are
     among them (``tta_identity``), else extracted (an extra view costs one pass over the images)."""
     out = []
     for images, scored in ((data.train, train), (data.test, test)):
         pair = []
-        for index, context in zip(_plain_view_indices(cfg), ("", cfg.contexts[0]), strict=True):
+        for index, context in zip(plain_view_indices(cfg), ("", cfg.contexts[0]), strict=True):
             if index is not None:
                 pair.append(scored[index])
             else:

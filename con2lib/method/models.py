@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, conv1x1
+
+if TYPE_CHECKING:
+    from con2lib.config import Config
 
 
 class ResNet18Encoder(nn.Module):
@@ -95,3 +100,8 @@ def resolve_stem(stem: str, image_size: int) -> str:
     if stem != "auto":
         return stem
     return "cifar" if image_size <= 64 else "imagenet"
+
+
+def build_model(cfg: Config, in_channels: int) -> Con2Model:
+    """The encoder and both heads as the config describes them."""
+    return Con2Model(in_channels, cfg.width, resolve_stem(cfg.stem, cfg.image_size), cfg.proj_dim)

@@ -15,122 +15,24 @@ as one rank of DistributedDataParallel (:mod:`con2lib.method.distributed`).
 
 from __future__ import annotations
 
-import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import numpy as np
 import torch
 
-from con2lib.method import distributed
-from con2lib.method.augment import ContentAugment, context_augment
-from con2lib.method.checkpoint import resume_training, save_checkpoint, training_state
-from con2lib.method.learning_signal import context_solved, term_gradients, warn_if_context_solved
 from con2lib.config import Config
+from con2lib.method import distributed
+from con2lib.method.checkpoint import resume_training, save_checkpoint, training_state
+from con2lib.method.device import channels_last, to_layout
+from con2lib.method.epochs import EpochStats, NonFiniteLossError, epoch_line, steps_per_epoch, train_epochs
+from con2lib.method.learning_signal import context_solved, term_gradients, warn_if_context_solved
 from con2lib.method.losses import con2_loss, supcon_loss
-from con2lib.method.models import Con2Model, resolve_stem
-from con2lib.runs.progress import epoch_line
+from con2lib.method.models import Con2Model
 from con2lib.method.schedules import cosine_lr, linear_alpha
-
-# NHWC convolutions: tensor cores on CUDA, oneDNN on CPU (measured 25-30% faster steps on 2 CPU cores)
-_CHANNELS_LAST = ("cuda", "cpu")
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Training produced a NaN or infinite loss."""
-
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}: training stopped "
-                         "(lower lr or temperature, or check the input data)")
-        self.epoch, self.step, self.value = epoch, step, value
-
-
-@dataclass
-class EpochStats:
-    """Per-epoch means, as logged to MLflow.
-
-    ``grad_context`` and ``grad_content`` are the learning signal each loss term puts on the encoder:
-    the root mean square over the step's views of the gradient of the (unweighted) term, summed over
-    the views, with respect to each view's encoder features
-    (:func:`con2lib.method.learning_signal.term_gradients`), averaged over the epoch's steps. NaN in the
-    history of checkpoints written before they existed.
-    """
-
-    epoch: int
-    loss: float
-    loss_context: float
-    loss_content: float
-    alpha: float
-    lr: float
-    images_per_s: float
-    grad_context: float = math.nan
-    grad_content: float = math.nan
-
-
-def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("parameter device='cuda' is invalid: no CUDA device is available; use 'auto' or 'cpu'")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("parameter device='mps' is invalid: no MPS device is available; use 'auto' or 'cpu'")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python, NumPy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def build_model(cfg: Config, in_channels: int) -> Con2Model:
-    """The encoder and both heads as the config describes them."""
-    return Con2Model(in_channels, cfg.width, resolve_stem(cfg.stem, cfg.image_size), cfg.proj_dim)
-
-
-def content_augment_for(cfg: Config) -> ContentAugment:
-    """The SimCLR content augmentation with the config's strengths."""
-    return ContentAugment(size=cfg.image_size, crop_scale=(cfg.crop_scale_min, 1.0), hflip_p=cfg.hflip_p,
-                          jitter_strength=cfg.jitter_strength, jitter_p=cfg.jitter_p, grayscale_p=cfg.grayscale_p,
-                          blur_p=cfg.blur_p)
-
-
-def make_views(x: torch.Tensor, cfg: Config, augment: ContentAugment,
-               generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Views of a batch and their labels.
-
-    Args:
-        x: uint8 (N, C, H, W) images on the training device.
-
-    Returns:
-        views: float (4N, C, S, S) normalised views [t(x), t'(x), t(x^c), t'(x^c)]
-            ((2N, ...) [t(x), t'(x)] for the SimCLR baseline);
-        context_labels: (4N,) 0 for views of x, 1 for views of t_c(x);
-        sample_ids: (4N,) index of the source image within the batch.
-    """
-    n = x.shape[0]
-    xf = x.float().div_(255.0)
-    ids = torch.arange(n, device=x.device)
-    # augment(base, index=...) equals augment(base[index]) without copying each image 2 or 4 times
-    # normalized=True: normalize() applied inside the augmentation, while the data is in cache
-    if cfg.loss == "simclr":
-        views = augment(xf, generator, index=ids.repeat(2), normalized=True)
-        return views, torch.zeros(2 * n, dtype=torch.long, device=x.device), ids.repeat(2)
-    base = torch.cat([xf] + [context_augment(xf, c) for c in cfg.contexts])  # [x, x^c1, ...]: K contexts
-    k = cfg.n_contexts
-    views = augment(base, generator, index=torch.cat([ids + c * n for c in range(k) for _ in (0, 1)]), normalized=True)
-    contexts = torch.arange(k, device=x.device).repeat_interleave(2 * n)
-    return views, contexts, ids.repeat(2 * k)
+from con2lib.method.views import content_augment_for, make_views
 
 
 def fit(
@@ -149,7 +51,7 @@ def fit(
         train_images: uint8 (N, C, H, W) normal training images on the training device.
         on_epoch: called after every epoch with its statistics and the model (logging).
         progress: show a progress bar (text, so an executed notebook keeps it finished) and print one
-            line per epoch (:func:`con2lib.runs.progress.epoch_line`), which ``con2 run`` echoes to the terminal.
+            line per epoch (:func:`con2lib.method.epochs.epoch_line`), which ``con2 run`` echoes to the terminal.
         checkpoint: path of the training checkpoint (model, optimiser, scheduler, RNG states:
             :func:`con2lib.method.checkpoint.training_state`), written every ``cfg.checkpoint_every`` epochs and
             after the last, once ``on_epoch`` returned. If it already holds one of this config, training
@@ -258,7 +160,7 @@ def prepare_model(cfg: Config, model: Con2Model, device: torch.device,
     Returns a callable with the model's signature; ``model`` itself (its ``state_dict`` names) is
     unchanged, so checkpoints of a compiled run load into a plain model.
     """
-    if device.type in _CHANNELS_LAST:
+    if channels_last(device):
         model.to(memory_format=torch.channels_last)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # every step has the same shapes: pick the fastest kernels once
@@ -287,8 +189,7 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
     cuda = views.device.type == "cuda"
     if group is not None:
         views = group.local(views)  # before the layout change: each rank converts only its own slice
-    if views.device.type in _CHANNELS_LAST:
-        views = views.contiguous(memory_format=torch.channels_last)
+    views = to_layout(views)
     with torch.autocast(views.device.type, dtype=torch.bfloat16, enabled=cuda):
         h, z_context, z_content = forward(views)
     z_context, z_content = z_context.float(), z_content.float()
@@ -320,15 +221,4 @@ def _objective(cfg: Config, z_context: torch.Tensor, z_content: torch.Tensor, co
     return total, l_context, l_content
 
 
-def steps_per_epoch(cfg: Config, n_train: int) -> int:
-    """Optimiser steps in one epoch over ``n_train`` images (the last incomplete batch is dropped)."""
-    return max(1, n_train // min(cfg.batch_size, n_train))
-
-
-def train_epochs(cfg: Config, n_train: int) -> int:
-    """Epochs that ``fit`` trains: ``cfg.epochs``, raised so that small sets take at least ``cfg.min_steps`` steps."""
-    return max(cfg.epochs, math.ceil(cfg.min_steps / steps_per_epoch(cfg, n_train)))
-
-
-__all__ = ["EpochStats", "NonFiniteLossError", "build_model", "fit", "make_optimizer",
-           "make_views", "prepare_model", "seed_everything", "select_device", "steps_per_epoch", "train_epochs", "train_step"]
+__all__ = ["fit", "make_optimizer", "prepare_model", "train_step"]

@@ -15,7 +15,10 @@ from torch import nn
 
 from con2lib.config import Config
 from con2lib.method.distributed import join, local_device, receive_inputs
-from con2lib.method.train import NonFiniteLossError, build_model, fit, select_device
+from con2lib.method.train import fit
+from con2lib.method.epochs import NonFiniteLossError
+from con2lib.method.models import build_model
+from con2lib.method.device import select_device
 
 
 def train_worker(device: torch.device) -> nn.Module:

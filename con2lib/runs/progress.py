@@ -1,7 +1,7 @@
 """What a user of ``con2 run`` sees: progress lines on the terminal, a readable executed notebook.
 
-``fit`` prints one line per epoch (:func:`epoch_line`, starting with :data:`PREFIX`); the notebook keeps
-them, and :class:`StreamEcho` (papermill's ``stdout_file``) copies them to the terminal as the kernel
+``fit`` prints one line per epoch (:func:`con2lib.method.epochs.epoch_line`, starting with ``PREFIX``);
+the notebook keeps them, and :class:`StreamEcho` (papermill's ``stdout_file``) copies them to the terminal as the kernel
 writes them, so ``con2 run`` and every worker of ``con2 sweep`` show epoch, loss, speed and ETA. The
 notebook also says which phase it is in (:func:`phase`: loading data, training, scoring, ...) and shows
 every warning as lines of their own (:func:`forward_warnings`); both reach the terminal the same way,
@@ -18,41 +18,14 @@ import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
-PREFIX = "epoch "
+from con2lib.method.epochs import PREFIX, duration
+
 PHASE_PREFIX = "phase: "  # what the run is doing now (:func:`phase`)
 WARNING_PREFIX = "warning: "  # every line of a warning (:func:`forward_warnings`)
 # the lines a terminal sees even when quiet: progress, phases, warnings
 ECHOED = (PREFIX, PHASE_PREFIX, WARNING_PREFIX)
-
-
-def duration(seconds: float) -> str:
-    """``1h02m``, ``3m05s`` or ``12s``: short enough for a progress line."""
-    s = max(0, round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
-def epoch_line(stats: Any, epochs: int, elapsed_s: float, done_here: int) -> str:
-    """One epoch's progress line.
-
-    Args:
-        stats: the epoch's :class:`con2lib.method.train.EpochStats`.
-        epochs: epochs of the whole run.
-        elapsed_s: seconds this process has trained so far.
-        done_here: epochs this process has trained (fewer than ``stats.epoch`` after a resume), for the ETA.
-
-    The total loss is L_context + alpha * L_content: it rises while alpha anneals, so the line also
-    shows the unweighted terms, and the gradient each puts on the encoder (``grad``: the learning
-    signal, :mod:`con2lib.method.learning_signal`; a term whose gradient has collapsed teaches nothing more).
-    """
-    eta = elapsed_s / max(done_here, 1) * (epochs - stats.epoch)
-    return (f"{PREFIX}{stats.epoch}/{epochs}  loss {stats.loss:.4f} (context {stats.loss_context:.4f}, "
-            f"content {stats.loss_content:.4f}, alpha {stats.alpha:.2f})  grad context {stats.grad_context:.2e}, "
-            f"content {stats.grad_content:.2e}  {stats.images_per_s:.0f} img/s  "
-            f"elapsed {duration(elapsed_s)}  ETA {duration(eta)}")
 
 
 LONG_RUN_S = 3600  # a run whose training is estimated to take longer says so after its first epoch

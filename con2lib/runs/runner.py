@@ -208,7 +208,7 @@ def _log_notebook(client: Any, run_id: str, out: Path) -> None:
 def _check_device(name: str) -> None:
     """Fails now, not inside the kernel, when an explicit device does not exist here."""
     if name in ("cuda", "mps"):
-        from con2lib.method.train import select_device
+        from con2lib.method.device import select_device
 
         select_device(name)
 

@@ -21,7 +21,6 @@ import torch
 
 from con2lib.data.images import Preprocess
 
-
 NO_PATHS = ("the model opens no files (served, a path would name a file of the server): send the image file's "
             "bytes, base64-encoded, in column 'image'; con2 score reads local files")
 

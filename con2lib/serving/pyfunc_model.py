@@ -27,15 +27,22 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from con2lib.serving.calibration import (CalibrationWarning, loo_nnd_scores, rates, small_calibration_warning,
-                                 threshold_at_fpr)
-from con2lib.method.checkpoint import check_finite, load_checkpoint, save_checkpoint
 from con2lib.config import Config
 from con2lib.data.images import Preprocess, prepare_image
-from con2lib.method.evaluate import extract_features, nnd_bank, tta_views
-from con2lib.serving.model_inputs import decode, error_text, input_example, input_images, json_safe
+from con2lib.method.checkpoint import check_finite, load_checkpoint, save_checkpoint
+from con2lib.method.device import channels_last, select_device
+from con2lib.method.evaluate import extract_features, nnd_bank
+from con2lib.method.models import build_model
 from con2lib.method.scores import GaussianScorer, nnd_index, nnd_score_views
-from con2lib.method.train import build_model, select_device
+from con2lib.method.views import tta_views
+from con2lib.serving.calibration import (
+    CalibrationWarning,
+    loo_nnd_scores,
+    rates,
+    small_calibration_warning,
+    threshold_at_fpr,
+)
+from con2lib.serving.model_inputs import decode, error_text, input_example, input_images, json_safe
 
 if TYPE_CHECKING:
     from mlflow.models.model import ModelInfo
@@ -127,7 +134,7 @@ class ScoringModel:
         encoder = build_model(cfg, prep.channels).encoder
         encoder.load_state_dict(state["encoder"])
         encoder.to(device)
-        if device.type in ("cuda", "cpu"):  # the memory format training left it in (train.prepare_model)
+        if channels_last(device):  # the memory format training left it in (train.prepare_model)
             encoder.to(memory_format=torch.channels_last)
         gaussian = GaussianScorer(cfg.lh_shrinkage)
         gaussian.load_state_dict(state["scorer"])

@@ -21,10 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from con2lib.sweeps import grid as sw
 from con2lib.paths import project_root
 from con2lib.runs.progress import StreamEcho
 from con2lib.runs.run_info import auroc_summary
+from con2lib.sweeps import grid as sw
 from con2lib.sweeps.report import log_results, point_name, results, table
 
 OnDone = Callable[[dict[str, Any], str], None]

@@ -9,9 +9,9 @@ import io
 import math
 from typing import Any
 
-from con2lib.sweeps import grid as sw
 from con2lib.config import Config
 from con2lib.runs.run_info import TAG_DESCRIPTION, run_name
+from con2lib.sweeps import grid as sw
 
 # the columns of the results table: metric, header
 COLUMNS = (("auroc_nnd", "S_NND"), ("auroc_lh", "S_LH"), ("auroc_ssd", "SSD"), ("auroc_pixel_knn", "pixel 1-NN"))

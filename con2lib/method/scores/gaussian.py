@@ -53,6 +53,37 @@ def smallest_ridge(cov: torch.Tensor, shrinkage: float = 0.0) -> float:
     raise ValueError("no ridge up to the mean variance makes the S_LH covariance invertible (non-finite features?)")
 
 
+class FittedStatistics(nn.Module):
+    """A scorer whose statistics are buffers sized by ``fit``: they save with ``state_dict`` and move with
+    ``.to(device)``, and a fresh (unfitted) scorer loads a fitted state of any shape."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # the empty buffers of an unfitted scorer take the saved shapes before loading
+        for name in self._buffers:
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def shrunk(cov: torch.Tensor, shrinkage: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(1 - lambda) * Sigma + lambda * (trace(Sigma) / D) * I for (..., D, D) covariances.
+
+    Returns:
+        The shrunk covariance, the mean variance trace(Sigma) / D ((..., 1, 1), floored at 1e-12) and
+        the identity, which ridges are scaled by.
+    """
+    eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+    scale = _mean_variance(cov)
+    return (1 - shrinkage) * cov + shrinkage * scale * eye, scale, eye
+
+
+def mahalanobis_sq(cholesky: torch.Tensor, diff: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances (..., T) of (..., T, D) differences from the mean, given the
+    covariance's lower Cholesky factor (..., D, D): one triangular solve, no inverse."""
+    y = torch.linalg.solve_triangular(cholesky, diff.mT, upper=False)
+    return (y * y).sum(-2)
+
+
 def _mean_variance(cov: torch.Tensor) -> torch.Tensor:
     """(..., 1, 1) trace / D, floored so that a zero covariance (identical features) still gets a ridge."""
     return cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp(min=1e-12)[..., None, None]
@@ -64,7 +95,7 @@ def _unit(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return z.div_(torch.linalg.vector_norm(z, dim=-1, keepdim=True).clamp_min_(1e-12))
 
 
-class GaussianScorer(nn.Module):
+class GaussianScorer(FittedStatistics):
     """Fits one multivariate Gaussian to normalised training features; scores by its NLL.
 
     The fitted statistics are buffers, so they travel with ``state_dict`` and ``.to(device)``.
@@ -86,13 +117,6 @@ class GaussianScorer(nn.Module):
         self.register_buffer("mean", torch.empty(0))
         self.register_buffer("cholesky", torch.empty(0))
         self.register_buffer("log_det", torch.empty(0))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        # fitted shapes are only known after fit: resize the empty buffers before loading
-        for name in ("mean", "cholesky", "log_det"):
-            if prefix + name in state_dict:
-                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fit(self, train_features: torch.Tensor) -> GaussianScorer:
         """Estimates mean and (shrunk) covariance; sets ``ridge``.
@@ -121,9 +145,7 @@ class GaussianScorer(nn.Module):
             gram += (z.mT @ z).double()
         mean = mean.squeeze(-2)
         cov = gram / (n - 1)
-        eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
-        scale = _mean_variance(cov)
-        cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * eye
+        cov, scale, eye = shrunk(cov, self.shrinkage)
         # eq. 14's plain covariance is singular for n <= D: the smallest ridge that makes it invertible
         start = _RIDGES.index(smallest_ridge(cov, self.shrinkage))
         for self.ridge in _RIDGES[start:]:  # at the rank tolerance's edge Cholesky may still fail: one step up
@@ -152,8 +174,6 @@ class GaussianScorer(nn.Module):
         out = []
         for chunk in features.split(_ROWS, dim=-2):  # bounded memory for any T
             z = F.normalize(chunk.to(self.mean.dtype), dim=-1) - self.mean.unsqueeze(-2)
-            # solve L y = z^T instead of inverting the covariance
-            y = torch.linalg.solve_triangular(self.cholesky, z.mT, upper=False)
-            maha = (y * y).sum(-2)
+            maha = mahalanobis_sq(self.cholesky, z)
             out.append((0.5 * (maha + self.log_det.unsqueeze(-1) + d * math.log(2 * math.pi))).float())
         return torch.cat(out, dim=-1) if out else features.new_zeros(features.shape[:-1], dtype=torch.float32)
