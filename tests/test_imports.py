@@ -1,8 +1,10 @@
-"""con2lib's modules import in layers: no module imports, directly or through others, one that imports it.
+"""con2lib's modules import in layers: no import circle, and every import goes down the layers.
 
 Every ``import`` counts, also those inside functions and under ``TYPE_CHECKING``: a late import only
-hides a circle, and the layers are what a reader follows (config, data, models, train, tracking,
-runner, cli ...).
+hides a circle or a shortcut through the layers, and the layers are what a reader follows
+(con2lib/__init__.py, docs/architecture.md): core (config, paths, paramfiles) < method | data < runs
+< analysis | serving < sweeps < cli. The method imports nothing of MLflow, papermill, the CLI, data
+loading or parameter files; scoring imports no training code; data knows nothing of training.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def import_graph() -> dict[str, set[str]]:
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {module_name(f) for f in files}
     return {module_name(f): imports_of(f, modules) for f in files}
+
+
+def external_imports(path: Path) -> set[str]:
+    """Top-level names of everything ``path`` imports that is not con2lib (``mlflow``, ``argparse``, ...)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found - {"con2lib"}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -86,3 +99,72 @@ def test_con2lib_has_no_import_cycles() -> None:
     assert {"con2lib.cli", "con2lib.method.train", "con2lib.config", "con2lib.data"} <= set(graph)
     assert "con2lib.config" in graph["con2lib.method.train"]  # the graph sees imports
     assert cycles(graph) == [], "modules importing each other (directly or through others)"
+
+
+# layer of each package (a module's layer is that of its longest listed prefix); equal layers with
+# different names are siblings that may not import each other
+LAYERS = {
+    "con2lib": ("core", 0), "con2lib.paths": ("core", 0), "con2lib.config": ("core", 0),
+    "con2lib.paramfiles": ("core", 0),
+    "con2lib.method": ("method", 1), "con2lib.data": ("data", 1),
+    "con2lib.runs": ("runs", 2),
+    "con2lib.analysis": ("analysis", 3), "con2lib.serving": ("serving", 3),
+    "con2lib.sweeps": ("sweeps", 4),
+    "con2lib.cli": ("cli", 5),
+}
+# what the method may not import: tracking, notebooks, command lines, parameter files, data loading
+METHOD_BANS = {"mlflow", "papermill", "nbformat", "nbconvert", "argparse", "yaml", "submitit", "PIL"}
+TRAINING = {"con2lib.method.train", "con2lib.method.losses", "con2lib.method.checkpoint", "con2lib.method.epochs",
+            "con2lib.method.learning_signal", "con2lib.method.schedules", "con2lib.method.distributed"}
+SCORING = ("con2lib.method.scores", "con2lib.method.evaluate", "con2lib.analysis.baselines", "con2lib.analysis.metrics")
+
+
+def layer(module: str) -> tuple[str, int]:
+    owner = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    return LAYERS[owner]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that go up the layers or sideways into a sibling package."""
+    bad = []
+    for module, imported in sorted(graph.items()):
+        (name, level) = layer(module)
+        for target in sorted(imported):
+            (t_name, t_level) = layer(target)
+            if t_level > level or (t_level == level and t_name != name):
+                bad.append(f"{module} ({name}) imports {target} ({t_name})")
+    return bad
+
+
+def test_layer_rule_finds_an_upward_and_a_sideways_import() -> None:
+    assert layer_violations({"con2lib.method.train": {"con2lib.runs.tracking"}}) == [
+        "con2lib.method.train (method) imports con2lib.runs.tracking (runs)"]
+    assert layer_violations({"con2lib.data.base": {"con2lib.method.models"}}) != []
+    assert layer_violations({"con2lib.cli": {"con2lib.method.train", "con2lib.config"}}) == []
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = import_graph()
+    assert all(layer(m) for m in graph)  # every module has a layer
+    assert layer_violations(graph) == []
+
+
+def test_the_method_imports_no_tracking_cli_data_or_parameter_files() -> None:
+    for path in sorted((PACKAGE / "method").rglob("*.py")):
+        banned = external_imports(path) & METHOD_BANS
+        assert not banned, f"{path.relative_to(ROOT)} imports {sorted(banned)}"
+
+
+def test_scoring_imports_no_training_code() -> None:
+    graph = import_graph()
+    scoring = [m for m in graph if m.startswith(SCORING)]
+    assert "con2lib.method.evaluate" in scoring and "con2lib.method.scores.gaussian" in scoring
+    for module in scoring:
+        training = {t for t in graph[module] if t.startswith(tuple(TRAINING))}
+        assert not training, f"{module} imports training code {sorted(training)}"
+
+
+def test_data_knows_nothing_of_training() -> None:
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("con2lib.data")):
+        assert graph[module] <= {m for m in graph if layer(m)[0] in ("core", "data")}, module
