@@ -2,7 +2,7 @@
 
 The package is built in layers; each imports only those listed before it (tests/test_layers.py):
 
-- ``config``, ``paths``, ``paramfiles``: the one typed :class:`~con2lib.config.Config` and the
+- ``config`` (with ``checks``), ``paths``, ``paramfiles``: the one typed :class:`~con2lib.config.Config` and the
   parameter files it is built from.
 - :mod:`con2lib.method`: the method itself (augmentations, encoder and heads, losses, training loop,
   scores) on tensors; no MLflow, papermill, CLI, data loading or parameter files.

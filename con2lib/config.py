@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from con2lib.paths import SYSTEM_DIRS, resolve, under_system_dir
+from con2lib.checks import check_choice, check_not_system, check_positive, coerce, fail
 
 CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.analysis.contexts
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
@@ -41,7 +40,6 @@ MAX_INTS = {"epochs": 100_000, "checkpoint_every": 100_000, "batch_size": 65_536
             "min_steps": 10**7}  # min_steps: 500x the paper's one-class CIFAR-10 budget (2048 epochs of ~10 steps)
 # val_fraction: below, a handful of validation normals (digits: 4); above, fewer images train than validate
 VAL_FRACTION = (0.05, 0.5)
-_REPR_CHARS = 80  # values shown in messages: a YAML alias bomb would take gigabytes to print in full
 
 
 @dataclass(frozen=True)
@@ -114,75 +112,75 @@ class Config:
         for field in dataclasses.fields(self):  # nan and inf pass every comparison below, or fail far too late
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
-                _fail(field.name, value, "a finite number")
-        _check_choice("dataset", self.dataset, DATASET_NAMES)
-        _check_choice("eval_split", self.eval_split, EVAL_SPLITS)
+                fail(field.name, value, "a finite number")
+        check_choice("dataset", self.dataset, DATASET_NAMES)
+        check_choice("eval_split", self.eval_split, EVAL_SPLITS)
         if self.eval_split == "validation" and self.dataset not in VALIDATION_DATASETS:
-            _fail("eval_split", self.eval_split, f"'test' for data set {self.dataset!r}: a validation split needs "
+            fail("eval_split", self.eval_split, f"'test' for data set {self.dataset!r}: a validation split needs "
                   f"labelled training images of the anomalous classes ({', '.join(VALIDATION_DATASETS)})")
         low, high = VAL_FRACTION
         if not low <= self.val_fraction <= high:
-            _fail("val_fraction", self.val_fraction, f"a number in [{low}, {high}] (the share of the normal training "
+            fail("val_fraction", self.val_fraction, f"a number in [{low}, {high}] (the share of the normal training "
                   f"images held out for validation: below {low} too few validation normals for an AUROC, above "
                   f"{high} fewer images train than validate)")
         for name, top in MAX_INTS.items():  # before the range checks below: they print the value
             if getattr(self, name) > top:
-                _fail(name, getattr(self, name), f"an integer <= {top:_}")
+                fail(name, getattr(self, name), f"an integer <= {top:_}")
         for name in ("data_root", "folder_train", "folder_test"):
-            _check_not_system(name, getattr(self, name))
+            check_not_system(name, getattr(self, name))
         _check_context(self.context)
-        _check_choice("loss", self.loss, LOSSES)
-        _check_choice("stem", self.stem, STEMS)
-        _check_choice("device", self.device, DEVICES)
-        _check_positive("epochs", self.epochs)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("stem", self.stem, STEMS)
+        check_choice("device", self.device, DEVICES)
+        check_positive("epochs", self.epochs)
         if self.min_steps < 0:
-            _fail("min_steps", self.min_steps, "an integer >= 0 (0: train exactly `epochs`)")
-        _check_positive("proj_dim", self.proj_dim)
-        _check_positive("eval_batch_size", self.eval_batch_size)
-        _check_positive("checkpoint_every", self.checkpoint_every)
+            fail("min_steps", self.min_steps, "an integer >= 0 (0: train exactly `epochs`)")
+        check_positive("proj_dim", self.proj_dim)
+        check_positive("eval_batch_size", self.eval_batch_size)
+        check_positive("checkpoint_every", self.checkpoint_every)
         if self.batch_size < 2:
-            _fail("batch_size", self.batch_size, "an integer >= 2 (contrastive losses need negatives)")
+            fail("batch_size", self.batch_size, "an integer >= 2 (contrastive losses need negatives)")
         if self.tta < 0 or self.tta % self.scored_contexts:
-            _fail("tta", self.tta, f"a positive multiple of the {self.scored_contexts} contexts (x and each "
+            fail("tta", self.tta, f"a positive multiple of the {self.scored_contexts} contexts (x and each "
                   "context copy get the same number of views; SimCLR scores x only), or 0 for one un-augmented "
                   "view per scored context")
         if not 8 <= self.image_size <= MAX_IMAGE_SIZE:
-            _fail("image_size", self.image_size, f"an integer in [8, {MAX_IMAGE_SIZE}] (random resized crops need "
+            fail("image_size", self.image_size, f"an integer in [8, {MAX_IMAGE_SIZE}] (random resized crops need "
                   "pixels; larger images would not fit in memory)")
         if not self.temperature > 0:
-            _fail("temperature", self.temperature, "a number > 0")
+            fail("temperature", self.temperature, "a number > 0")
         if not self.lr > 0:
-            _fail("lr", self.lr, "a number > 0")
+            fail("lr", self.lr, "a number > 0")
         if self.weight_decay < 0:
-            _fail("weight_decay", self.weight_decay, "a number >= 0")
+            fail("weight_decay", self.weight_decay, "a number >= 0")
         if not 0 < self.width <= 4:
-            _fail("width", self.width, "a number in (0, 4] (channel multiplier of ResNet18)")
+            fail("width", self.width, "a number in (0, 4] (channel multiplier of ResNet18)")
         if not 0 < self.crop_scale_min <= 1:
-            _fail("crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
+            fail("crop_scale_min", self.crop_scale_min, "a number in (0, 1]")
         if self.jitter_strength < 0:
-            _fail("jitter_strength", self.jitter_strength, "a number >= 0")
+            fail("jitter_strength", self.jitter_strength, "a number >= 0")
         for name in ("hflip_p", "jitter_p", "grayscale_p", "blur_p", "alpha_start", "alpha_end"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
-                _fail(name, value, "a number in [0, 1]")
+                fail(name, value, "a number in [0, 1]")
         if not 0 <= self.lh_shrinkage <= 1:
-            _fail("lh_shrinkage", self.lh_shrinkage, "a number in [0, 1] (weight of the scaled identity)")
+            fail("lh_shrinkage", self.lh_shrinkage, "a number in [0, 1] (weight of the scaled identity)")
         if not 0 <= self.calibration_fraction < 0.5:
-            _fail("calibration_fraction", self.calibration_fraction, "a number in [0, 0.5) (0 disables calibration)")
+            fail("calibration_fraction", self.calibration_fraction, "a number in [0, 0.5) (0 disables calibration)")
         if not 0 < self.target_fpr < 1:
-            _fail("target_fpr", self.target_fpr, "a number in (0, 1)")
+            fail("target_fpr", self.target_fpr, "a number in (0, 1)")
         for name in ("max_train", "max_test"):
             if getattr(self, name) < 0:
-                _fail(name, getattr(self, name), "an integer >= 0")
+                fail(name, getattr(self, name), "an integer >= 0")
         if 0 < self.max_train < MIN_TRAIN:
-            _fail("max_train", self.max_train, f"0 (all images) or an integer >= {MIN_TRAIN} (S_LH needs a mean and "
+            fail("max_train", self.max_train, f"0 (all images) or an integer >= {MIN_TRAIN} (S_LH needs a mean and "
                   "a covariance of the training features)")
-        _check_positive("plot_points", self.plot_points)
+        check_positive("plot_points", self.plot_points)
         for name in ("seed", "split_seed"):
             if not 0 <= getattr(self, name) <= MAX_SEED:
-                _fail(name, getattr(self, name), f"an integer in [0, {MAX_SEED}] (2^32 - 1)")
+                fail(name, getattr(self, name), f"an integer in [0, {MAX_SEED}] (2^32 - 1)")
         if not self.experiment.strip():
-            _fail("experiment", self.experiment, "a non-empty experiment name")
+            fail("experiment", self.experiment, "a non-empty experiment name")
 
     @property
     def contexts(self) -> tuple[str, ...]:
@@ -235,9 +233,9 @@ class Config:
             contexts = params["context"]
             # checked before joining: str() of nested lists (a YAML alias bomb) grows without bound
             if len(contexts) > MAX_CONTEXTS - 1 or not all(isinstance(c, str) and len(c) <= 100 for c in contexts):
-                _fail("context", contexts, f"a list of 1 to {MAX_CONTEXTS - 1} context names")
+                fail("context", contexts, f"a list of 1 to {MAX_CONTEXTS - 1} context names")
             params = {**params, "context": ",".join(contexts)}
-        values = {name: _coerce(name, value, hints[name]) for name, value in params.items()}
+        values = {name: coerce(name, value, hints[name]) for name, value in params.items()}
         return cls(**values)
 
     @classmethod
@@ -261,35 +259,6 @@ class Config:
         return type(self).from_params({**self.to_dict(), **changes})
 
 
-def _fail(name: str, value: Any, allowed: str) -> None:
-    raise ValueError(f"parameter {name}={_short_repr(value)} is invalid: expected {allowed}")
-
-
-def _short_repr(value: Any) -> str:
-    """``repr(value)`` cut to a few nesting levels and characters: bounded time and memory for any value."""
-    import reprlib
-
-    shown = reprlib.Repr()  # attributes, not keywords: Python 3.11's Repr takes none
-    shown.maxlevel, shown.maxlist, shown.maxtuple, shown.maxdict = 2, 4, 4, 4
-    shown.maxstring = shown.maxother = _REPR_CHARS
-    text = shown.repr(value)
-    return text if len(text) <= _REPR_CHARS else f"{text[:_REPR_CHARS]}..."
-
-
-def _check_not_system(name: str, value: str) -> None:
-    """Refuses a folder parameter under /proc, /sys or /dev (links resolved): not data, and endless to walk."""
-    if not value:
-        return
-    if under_system_dir(resolve(value)):
-        _fail(name, value, f"a folder of image files, not under {', '.join(SYSTEM_DIRS)} (links resolved; kernel "
-              "file systems: walking one lists the whole machine or blocks on a device)")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        _fail(name, value, f"one of {', '.join(choices)}")
-
-
 def _check_context(context: str) -> None:
     """One context (a name of CONTEXTS, or transforms joined by ``+``) or a comma list of distinct ones."""
     if not isinstance(context, str):
@@ -298,36 +267,8 @@ def _check_context(context: str) -> None:
     allowed = f"one of {', '.join(CONTEXTS)}, transforms joined by '+' (flip+invert), or a list of 1 to " \
               f"{MAX_CONTEXTS - 1} distinct such contexts (appendix E.2)"
     if "auto" in names and len(names) > 1 or len(set(names)) != len(names) or len(names) > MAX_CONTEXTS - 1:
-        _fail("context", context, allowed)
+        fail("context", context, allowed)
     for name in names:
         parts = name.split("+")
         if name != "auto" and (not all(p in CONTEXTS and p != "auto" for p in parts) or len(set(parts)) != len(parts)):
-            _fail("context", context, allowed)
-
-
-def _check_positive(name: str, value: int) -> None:
-    if value <= 0:
-        _fail(name, value, "an integer > 0")
-
-
-def _coerce(name: str, value: Any, hint: Any) -> Any:
-    """Checks ``value`` against a field's type; ints are accepted for floats, nothing else is cast."""
-    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
-    for option in options:
-        origin = typing.get_origin(option)
-        if origin is tuple:
-            items = [value] if isinstance(value, str) else value
-            if isinstance(items, (list, tuple)) and all(isinstance(v, str) for v in items):
-                return tuple(items)
-            continue
-        if option is bool and isinstance(value, bool):
-            return value
-        if option is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if option is str and isinstance(value, str):
-            return value
-    expected = " or ".join("list of str" if typing.get_origin(o) is tuple else o.__name__ for o in options)
-    raise ValueError(f"parameter {name}={_short_repr(value)} has type {type(value).__name__}; expected {expected}")
-
+            fail("context", context, allowed)

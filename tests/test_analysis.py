@@ -31,7 +31,8 @@ from con2lib.method.evaluate import evaluate
 from con2lib.method.models import build_model
 from con2lib.method.train import fit
 from con2lib.serving.calibration import split_calibration
-from con2lib.serving.pyfunc_model import ScoringModel, log_model, preprocess_for
+from con2lib.serving.pyfunc_model import log_model
+from con2lib.serving.scoring_model import ScoringModel, preprocess_for
 
 from conftest import ROOT, TINY, make_experiment
 

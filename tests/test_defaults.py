@@ -22,6 +22,7 @@ import yaml
 from con2lib.config import Config
 from con2lib.paramfiles import load_params
 from con2lib.sweeps.grid import load_sweep
+
 from conftest import ROOT
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

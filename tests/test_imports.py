@@ -105,7 +105,7 @@ def test_con2lib_has_no_import_cycles() -> None:
 # different names are siblings that may not import each other
 LAYERS = {
     "con2lib": ("core", 0), "con2lib.paths": ("core", 0), "con2lib.config": ("core", 0),
-    "con2lib.paramfiles": ("core", 0),
+    "con2lib.paramfiles": ("core", 0), "con2lib.checks": ("core", 0),
     "con2lib.method": ("method", 1), "con2lib.data": ("data", 1),
     "con2lib.runs": ("runs", 2),
     "con2lib.analysis": ("analysis", 3), "con2lib.serving": ("serving", 3),

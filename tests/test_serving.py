@@ -46,7 +46,8 @@ from con2lib.serving.calibration import (
     split_calibration,
     threshold_at_fpr,
 )
-from con2lib.serving.pyfunc_model import PREPROCESSING, ScoringModel, pip_requirements, preprocess_for
+from con2lib.serving.pyfunc_model import pip_requirements
+from con2lib.serving.scoring_model import PREPROCESSING, ScoringModel, preprocess_for
 
 from conftest import ROOT, TINY, con2_command, make_experiment
 
@@ -205,7 +206,7 @@ def test_model_is_logged_with_its_code_requirements_and_calibration(trained) -> 
     info = mlflow.models.get_model_info(trained.uri)
     assert "python_function" in info.flavors and info.run_id == trained.run_id
     local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(trained.folder / "model")))
-    assert (local / "code" / "con2lib" / "pyfunc_model.py").is_file()
+    assert (local / "code" / "con2lib" / "serving" / "pyfunc_model.py").is_file()  # the whole package
     assert (local / "artifacts" / "con2_model.pt").is_file()
     # a signature of the output table (inputs are free-form: files, base64 images, arrays) and an input example
     assert info.signature.inputs is None
