@@ -16,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-import con2lib.data.images as images_mod
+import con2lib.data.decoding as decoding_mod
 import con2lib.data.medmnist as medmnist_mod
 from con2lib.cli import load_params
 from con2lib.config import Config
@@ -97,7 +97,7 @@ def test_cache_written_then_used(name: str, tmp_path: Path, monkeypatch: pytest.
     def boom(*args: object, **kwargs: object) -> None:
         raise DecodedAgain
 
-    monkeypatch.setattr(images_mod, "decode_file", boom)
+    monkeypatch.setattr(decoding_mod, "decode_file", boom)
     monkeypatch.setattr(medmnist_mod, "preprocess_arrays", boom)
     second = _load(name, tmp_path)
     assert torch.equal(first.train, second.train) and torch.equal(first.test, second.test)

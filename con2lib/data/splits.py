@@ -11,7 +11,8 @@ import torch
 
 from con2lib.data.base import OneClassData
 from con2lib.data.cache import cache_dir
-from con2lib.data.images import ImageSource, Preprocess, decode_groups, list_images
+from con2lib.data.decoding import ImageSource, decode_groups
+from con2lib.data.images import Preprocess, list_images
 
 if TYPE_CHECKING:
     from con2lib.config import Config
