@@ -10,6 +10,7 @@ loading or parameter files; scoring imports no training code; data knows nothing
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from conftest import ROOT
@@ -168,3 +169,25 @@ def test_data_knows_nothing_of_training() -> None:
     graph = import_graph()
     for module in (m for m in graph if m.startswith("con2lib.data")):
         assert graph[module] <= {m for m in graph if layer(m)[0] in ("core", "data")}, module
+
+
+def documented_modules(text: str) -> set[str]:
+    """``package/module.py`` paths named in docs/architecture.md's package table (a row without a package
+    continues the one above; ``core`` and ``top`` are con2lib's own folder)."""
+    found, package = set(), ""
+    for row in text.splitlines():
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        if not row.startswith("|") or len(cells) != 3 or set(cells[0]) <= {"-"} and cells[0]:
+            continue
+        if cells[0]:
+            package = "" if cells[0] in ("core", "top") else cells[0].strip("`")
+        found |= {package + name for name in re.findall(r"`([\w/]+\.py)`", cells[1])}
+    return found
+
+
+def test_architecture_doc_names_every_module() -> None:
+    documented = documented_modules((ROOT / "docs" / "architecture.md").read_text())
+    modules = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+               if p.name != "__init__.py" or p.parent.name == "data"}  # data/__init__.py holds the registry
+    assert modules - documented == set(), "modules missing from docs/architecture.md's table"
+    assert documented - modules == set(), "docs/architecture.md names modules that do not exist"
