@@ -1,7 +1,8 @@
 """Baseline anomaly scores on encoder features, and what the scores cost.
 
 The floor every learned score is shown against, raw-pixel cosine 1-NN, is a score of the method
-(:func:`con2lib.method.scores.pixel_knn_scores`): every evaluation computes it. SSD (Sehwag et al., 2021) clusters the normalised features of normal training images with k-means and scores a sample by
+(:func:`con2lib.method.scores.pixel_knn_scores`): every evaluation computes it. SSD (Sehwag et al.,
+2021) clusters the normalised features of normal training images with k-means and scores a sample by
 its Mahalanobis distance to the closest cluster. On features of a SimCLR-trained encoder
 (``loss=simclr``) it is the paper's SSD baseline; on CON2 features it is one more score to compare
 with S_NND and S_LH. :func:`time_scores` measures the runtime and memory of S_NND and S_LH as the

@@ -1,16 +1,16 @@
 """The CON2 training loop: views, losses, optimiser, schedules. Read top to bottom.
 
 Each step takes N normal images (uint8, already on the device), builds the 4N views of section 3.2
-(two content augmentations of x and two of its context copy t_c(x)), passes them through the encoder
-and both heads, and minimises L = L_context + alpha * L_content. Loss values stay on the device
+(two content augmentations of x and two of its context copy t_c(x): :func:`con2lib.method.views.make_views`),
+passes them through the encoder and both heads, and minimises L = L_context + alpha * L_content. Loss values stay on the device
 during an epoch and are read once at its end, so the step never waits for the host.
 
 Speed: the views are made batched on the training device (no DataLoader, no per-sample Python);
 the model runs channels_last (CUDA, CPU), in bf16 autocast on CUDA, optionally ``torch.compile``d
 (``cfg.compile``), with fused AdamW. ``benchmarks/train_throughput.py`` measures the result.
 
-``fit`` resumes from its training checkpoint (:mod:`con2lib.method.checkpoint`) and, under torchrun, trains
-as one rank of DistributedDataParallel (:mod:`con2lib.method.distributed`).
+``fit`` resumes from its training checkpoint (:mod:`con2lib.method.checkpoint`) and, under torchrun,
+trains as one rank of DistributedDataParallel (:mod:`con2lib.method.distributed`).
 """
 
 from __future__ import annotations
@@ -175,7 +175,8 @@ def train_step(cfg: Config, forward: Callable[[torch.Tensor], tuple], optimizer:
 
     Args:
         forward: the model as returned by :func:`prepare_model`.
-        views: float (V, C, S, S) normalised views; contexts, ids: (V,) labels (see :func:`make_views`).
+        views: float (V, C, S, S) normalised views; contexts, ids: (V,) labels
+            (see :func:`con2lib.method.views.make_views`).
         alpha: weight of L_content.
         group: under DDP, the rank forwards only its slice of ``views``, and the loss is computed on the
             projections of all ranks gathered in order: the single-process loss of all ``views``.

@@ -1,4 +1,5 @@
-"""Anomaly scores on encoder features: S_NND (eq. 12; exact, or approximate with faiss) and S_LH (eqs. 13-15), and the raw-pixel floor."""
+"""Anomaly scores on encoder features: S_NND (eq. 12; exact, or approximate with faiss) and S_LH
+(eqs. 13-15); and the raw-pixel floor (S_NND on pixels)."""
 
 from con2lib.method.scores.ann import ann_nnd_score
 from con2lib.method.scores.gaussian import GaussianScorer
