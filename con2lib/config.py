@@ -240,7 +240,17 @@ class Config:
 
     @classmethod
     def from_namespace(cls, namespace: Mapping[str, Any]) -> Config:
-        """Builds a config from the config-named entries of a namespace (a notebook's ``globals()``)."""
+        """Builds a config from the config-named entries of a namespace (a notebook's ``globals()``).
+
+        Raises:
+            ValueError: also when the namespace holds ``extends``: ``papermill -f params/x.yaml`` passes a
+                params file's keys as they are and cannot follow its ``extends:`` chain, so the values of the
+                files it extends would be dropped without a word.
+        """
+        if "extends" in namespace:
+            raise ValueError(f"parameter extends={namespace['extends']!r}: the notebook cannot follow a params "
+                             "file's extends: chain (papermill -f passes the file's keys as they are, and the "
+                             "values it extends would be lost); run the file with `con2 run`")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls.from_params({k: v for k, v in namespace.items() if k in names})
 

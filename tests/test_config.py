@@ -42,6 +42,12 @@ def test_from_namespace_ignores_other_globals() -> None:
     assert cfg.epochs == 4
 
 
+def test_from_namespace_refuses_an_extends_it_cannot_follow() -> None:
+    # papermill -f params/quickstart.yaml injects extends as a plain variable: the CPU preset would be lost
+    with pytest.raises(ValueError, match=r"extends='presets/cpu.yaml'.*con2 run"):
+        Config.from_namespace({"extends": "presets/cpu.yaml", "epochs": 3})
+
+
 def test_params_files_extends_and_overrides(tmp_path) -> None:
     (tmp_path / "base.yaml").write_text("epochs: 5\nwidth: 0.5\n")
     (tmp_path / "run.yaml").write_text("extends: base.yaml\nepochs: 7\n")
