@@ -112,6 +112,7 @@ LAYERS = {
     "con2lib.analysis": ("analysis", 3), "con2lib.serving": ("serving", 3),
     "con2lib.sweeps": ("sweeps", 4),
     "con2lib.cli": ("cli", 5),
+    "con2lib.pyfunc_model": ("saved models", 6),  # the old path of logged models' pyfunc: above all
 }
 # what the method may not import: tracking, notebooks, command lines, parameter files, data loading
 METHOD_BANS = {"mlflow", "papermill", "nbformat", "nbconvert", "argparse", "yaml", "submitit", "PIL"}

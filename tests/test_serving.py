@@ -367,6 +367,21 @@ def test_a_model_with_non_finite_values_is_refused_at_load(trained, tmp_path, ca
     assert "cannot load model" in err and f"CON2 model state {part}" in err, err
 
 
+def test_a_model_logged_before_the_layer_packages_still_scores(trained, tmp_path, capsys) -> None:
+    """Models logged before con2lib's packages name their pyfunc ``con2lib.pyfunc_model`` in their script;
+    ``con2 score`` (con2lib already imported) resolves it to the current class, with the same scores."""
+    local = Path(mlflow.artifacts.download_artifacts(trained.uri, dst_path=str(tmp_path / "old")))
+    script = local / "con2_pyfunc.py"
+    text = script.read_text()
+    assert "from con2lib.serving.pyfunc_model import Con2PyfuncModel" in text
+    script.write_text(text.replace("con2lib.serving.pyfunc_model", "con2lib.pyfunc_model"))
+    (tmp_path / "a.png").write_bytes(_png(trained.data.test[0]))
+    for model, out in ((trained.uri, "new.csv"), (str(local), "old.csv")):
+        assert con2_main(["score", "--model", model, str(tmp_path / "a.png"), "--out", str(tmp_path / out)]) == 0
+    capsys.readouterr()
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "old.csv"), pd.read_csv(tmp_path / "new.csv"))
+
+
 # --- con2 score and con2 register ---------------------------------------------------------------------------
 
 
