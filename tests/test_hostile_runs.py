@@ -99,7 +99,7 @@ def test_a_claim_is_given_up_with_its_process(tmp_path) -> None:
 
 def test_three_processes_create_a_new_store_together(store, tmp_path) -> None:
     assert not (tmp_path / "mlflow.db").exists()
-    code = "from con2lib import tracking; print(tracking.setup('together'))"
+    code = "from con2lib.runs import tracking; print(tracking.setup('together'))"
     env = {**store, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]
@@ -238,7 +238,7 @@ def test_the_notebook_saves_checkpoint_and_model_before_figures() -> None:
 # --- issue 21, item 11: a store locked by another process ----------------------------------------------------
 
 def test_a_store_locked_by_another_process_is_reported_naming_it(fast_store, tmp_path, monkeypatch, capsys) -> None:
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from con2lib import store; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from con2lib.runs import store; "
                                "held = store.creation_lock(sys.argv[1]); held.__enter__(); "
                                "print('held', flush=True); time.sleep(60)",
                                fast_store["MLFLOW_TRACKING_URI"]], cwd=ROOT, stdout=subprocess.PIPE, text=True,
