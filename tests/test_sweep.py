@@ -117,6 +117,20 @@ def test_sweep_id_depends_on_the_points_only(tmp_path) -> None:
     assert load_sweep(other).sweep_id != first.sweep_id
 
 
+def test_points_are_keyed_by_what_trains_not_by_how_the_files_spell_it(tmp_path) -> None:
+    from con2lib.config import Config
+
+    plain = load_sweep(tiny_grid(tmp_path, {"seed": [0, 1]}))
+    default_lr = Config().lr
+    spelled = tmp_path / "spelled"
+    spelled.mkdir()
+    redundant = load_sweep(tiny_grid(spelled, {"seed": [0, 1], "lr": [default_lr]}))  # a default, written out
+    assert [p.key for p in redundant.points] == [p.key for p in plain.points]
+    assert redundant.sweep_id == plain.sweep_id
+    changed = load_sweep(tiny_grid(spelled, {"seed": [0, 1], "lr": [default_lr / 2]}))  # another config
+    assert not {p.key for p in changed.points} & {p.key for p in plain.points}
+
+
 # --- which points run ---------------------------------------------------------------------------------
 
 def test_finished_points_are_skipped_failed_killed_and_missing_ones_run(fast_store, tmp_path, capsys) -> None:

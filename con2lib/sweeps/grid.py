@@ -9,9 +9,11 @@ A grid file (``params/sweeps/*.yaml``; docs/sweeps.md)::
       seed: [0, 1]
 
 Every point is ``base <- params file <- overrides <- grid values`` and is validated with
-``Config.from_params`` before anything starts. The sweep id is a hash of the expanded points, so
-running the same grid again finds the previous attempt's runs: FINISHED points are skipped, failed,
-killed and missing ones run.
+``Config.from_params`` before anything starts. A point's key is a hash of its whole resolved config
+(defaults included) and the sweep id a hash of the keys, so running the same grid again finds the
+previous attempt's runs: FINISHED points are skipped, failed, killed and missing ones run. A point
+whose config changed (a new default, an edited preset) runs again; a params file rewritten to train
+the same config (a preset listing fewer redundant values) does not.
 """
 
 from __future__ import annotations
@@ -137,7 +139,7 @@ def load_sweep(path: str | os.PathLike[str]) -> Sweep:
             cfg = Config.from_params(params)
         except ValueError as err:
             raise GridError(f"point {index} of {len(combos)} ({label}): {err}") from err
-        key = point_key(params)
+        key = point_key(cfg.to_dict())  # what trains, not how the files spell it
         points.setdefault(key, Point(len(points) + 1, values, params, key, cfg.experiment))  # duplicates: once
     sweep_id = hashlib.sha256("\n".join(sorted(points)).encode()).hexdigest()[:12]
     return Sweep(path, tuple(points.values()), sweep_id)
