@@ -17,7 +17,8 @@ from typing import Any
 
 from con2lib.checks import check_choice, check_not_system, check_positive, coerce, fail
 
-CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")  # auto: con2lib.analysis.contexts
+# auto: chosen by the context check (con2lib.analysis.contexts)
+CONTEXTS = ("invert", "flip", "equalize", "rot90", "rot180", "rot270", "hflip", "permute", "auto")
 MAX_CONTEXTS = 8  # the original plus up to 7 context copies (appendix E.2: combinations of flip, invert, equalize)
 LOSSES = ("con2", "context_only", "content_only", "simclr")
 # Values of the dataset parameter; con2lib.data.DATASETS maps each to its loader (kept here so the

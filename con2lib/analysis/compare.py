@@ -54,9 +54,9 @@ def load_runs(experiments: str | Sequence[str] | None = None, filter_string: str
         One row per run: run_id, experiment, run_name, start_time, dataset, normal_class (str),
         context, loss, seed (Int64), normal_class_name (from ``data.normal_classes``), the extra
         params, ``config`` (JSON of every setting but :data:`POOLED_OVER`: runs that may be pooled
-        share it: :mod:`con2lib.analysis.pooling`), then every metric by name (its last value). A metric named like a column above (the
-        per-epoch ``loss``) gets the suffix ``_last``. Report runs (tag ``con2.report``) and runs
-        without a ``dataset`` param (not training runs) are left out.
+        share it: :mod:`con2lib.analysis.pooling`), then every metric by name (its last value). A
+        metric named like a column above (the per-epoch ``loss``) gets the suffix ``_last``. Report
+        runs (tag ``con2.report``) and runs without a ``dataset`` param (not training runs) are left out.
     """
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient

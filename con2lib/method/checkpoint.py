@@ -211,7 +211,8 @@ def resume_training(path: str | os.PathLike[str] | None, cfg_dict: dict[str, Any
 
     Args:
         path: the training checkpoint (None: start afresh; a worker of a distributed run passes None).
-        share: under DDP, hands rank 0's loaded state to every rank (:meth:`con2lib.method.distributed.Group.broadcast`).
+        share: under DDP, hands rank 0's loaded state to every rank
+            (:meth:`con2lib.method.distributed.Group.broadcast`).
 
     Returns:
         ``(epoch, step, history)`` as :func:`restore_training`; ``(0, 0, [])`` without a checkpoint.

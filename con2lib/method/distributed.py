@@ -5,8 +5,9 @@
 Every process torchrun starts runs ``con2 run``. Rank 0 runs it as usual: it creates (or resumes) the
 MLflow run and executes the notebook; the notebook's kernel inherits torchrun's environment, so its
 :func:`con2lib.method.train.fit` joins the process group as rank 0. The other ranks are *workers*
-(:func:`con2lib.runs.ddp_worker.worker_main`): they receive the config, the training images and the resume state from rank 0,
-train their share of every step and exit. Only rank 0 reads data, logs, writes checkpoints and scores.
+(:func:`con2lib.runs.ddp_worker.worker_main`): they receive the config, the training images and
+the resume state from rank 0, train their share of every step and exit. Only rank 0 reads data,
+logs, writes checkpoints and scores.
 
 The result equals a one-process run on the same global batch (``batch_size`` stays the global batch):
 

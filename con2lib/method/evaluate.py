@@ -3,13 +3,13 @@
 View i of A test-time augmentations scores x itself for i < A/K and the context copies for the
 rest, A/K views per context (K = 2 for CON2: half of the views see x, half x^c; K up to 8 with several
 contexts, appendix E.2; K = 1 for the SimCLR baseline, which never trains on context copies and is
-scored on x only, as the paper's kNN-on-SimCLR baseline). Each view is one fixed transformation: its random content-augmentation parameters are
-drawn once (seeded) and applied to every image, training bank and test set alike, so that a test
-feature is compared with training features "under the same augmentation" (eq. 12). With
-``tta_identity`` the first view of each context is the un-augmented image (or context copy); the
-paper's files turn it off, so that all A views are draws from T. The un-augmented pair (x, x^c) is
-kept apart for the diagnostics (no-TTA scores, silhouette, Figure 1), extracted once more only
-when no scored view is that pair.
+scored on x only, as the paper's kNN-on-SimCLR baseline). Each view is one fixed transformation:
+its random content-augmentation parameters are drawn once (seeded) and applied to every image,
+training bank and test set alike, so that a test feature is compared with training features "under
+the same augmentation" (eq. 12). With ``tta_identity`` the first view of each context is the
+un-augmented image (or context copy); the paper's files turn it off, so that all A views are draws
+from T. The un-augmented pair (x, x^c) is kept apart for the diagnostics (no-TTA scores,
+silhouette, Figure 1), extracted once more only when no scored view is that pair.
 
 Speed: features are extracted in batches on the device (augmentations included, bf16 autocast on
 CUDA); S_NND runs blocked with a float16 bank on CUDA (:func:`nnd_bank`), S_LH as batched matrix

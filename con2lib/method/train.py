@@ -1,9 +1,10 @@
 """The CON2 training loop: views, losses, optimiser, schedules. Read top to bottom.
 
 Each step takes N normal images (uint8, already on the device), builds the 4N views of section 3.2
-(two content augmentations of x and two of its context copy t_c(x): :func:`con2lib.method.views.make_views`),
-passes them through the encoder and both heads, and minimises L = L_context + alpha * L_content. Loss values stay on the device
-during an epoch and are read once at its end, so the step never waits for the host.
+(two content augmentations of x and two of its context copy t_c(x):
+:func:`con2lib.method.views.make_views`), passes them through the encoder and both heads, and
+minimises L = L_context + alpha * L_content. Loss values stay on the device during an epoch and are
+read once at its end, so the step never waits for the host.
 
 Speed: the views are made batched on the training device (no DataLoader, no per-sample Python);
 the model runs channels_last (CUDA, CPU), in bf16 autocast on CUDA, optionally ``torch.compile``d

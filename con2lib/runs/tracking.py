@@ -215,7 +215,8 @@ def log_dict_params(prefix: str, values: dict[str, Any]) -> None:
 
 
 def log_figure(fig: Any, name: str) -> None:
-    """Logs a plotly figure as ``figures/<name>.html``: interactive, offline, about 2 MB (:mod:`con2lib.runs.figure_html`)."""
+    """Logs a plotly figure as ``figures/<name>.html``: interactive, offline, about 2 MB
+    (:mod:`con2lib.runs.figure_html`)."""
     from con2lib.runs.figure_html import figure_html
 
     mlflow.log_text(figure_html(fig, name), f"figures/{name}.html")

@@ -27,7 +27,8 @@ def _faiss() -> Any:
     try:
         import faiss
     except ImportError as error:
-        raise ImportError("con2lib.method.scores.ann needs faiss, an optional dependency: pip install faiss-cpu") from error
+        raise ImportError("con2lib.method.scores.ann needs faiss, an optional dependency: "
+                          "pip install faiss-cpu") from error
     return faiss
 
 
