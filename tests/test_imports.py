@@ -192,3 +192,13 @@ def test_architecture_doc_names_every_module() -> None:
                if p.name != "__init__.py" or p.parent.name == "data"}  # data/__init__.py holds the registry
     assert modules - documented == set(), "modules missing from docs/architecture.md's table"
     assert documented - modules == set(), "docs/architecture.md names modules that do not exist"
+
+
+def test_every_name_a_module_exports_exists() -> None:
+    """``__all__`` lists only names the module has: a name left behind by a move breaks ``import *``."""
+    import importlib
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = importlib.import_module(module_name(path))
+        missing = [name for name in getattr(module, "__all__", ()) if not hasattr(module, name)]
+        assert not missing, f"{module.__name__}.__all__ names {missing}, which it does not define"

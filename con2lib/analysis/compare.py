@@ -26,9 +26,8 @@ SILHOUETTE_METRIC = "silhouette_context"
 REPORT_TAG = "con2.report"
 STATS = ("mean", "std", "n", "runs")
 
-__all__ = ["as_list", "context_misalignment", "format_pivot", "load_runs", "melt_metrics", "method_runs",
-           "missing_variants", "pivot_table", "silhouette_context", "style_pivot", "summarise", "time_scores",
-           "tta_effect"]
+__all__ = ["as_list", "format_pivot", "load_runs", "melt_metrics", "method_runs", "missing_variants", "pivot_table",
+           "style_pivot", "summarise", "tta_effect"]
 
 
 def as_list(value: str | Sequence[str] | None) -> list[str]:
